@@ -1,0 +1,425 @@
+"""The model backend: an async client for vLLM's OpenAI-compatible API (or any other
+OpenAI-compatible server), with typed errors and outage tracking.
+
+- `backend.kind = vllm`: one /v1/completions request carries a LIST of prompts; `logprobs` and
+  `structured_outputs` are used.
+- `backend.kind = openai` (Ollama, Azure AI Foundry, ...): one prompt per request (sent
+  concurrently), no logprobs, no structured outputs. Callers see `supports_*` and turn the
+  features off instead of faking them.
+
+Failures raise a `BackendError` subclass fast. An outage (refused, reset, timeout, 5xx, 429,
+garbage) flips the health to "down" exactly once, which the server turns into one message to
+the user; while down, calls fail at once and a probe polls the server every half second, so
+service comes back by itself when the server does. Cancelling a call closes its HTTP request,
+which makes vLLM abort the sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+PROBE_INTERVAL_S = 0.5
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation parameters shared by every prompt of one request (hashable: a batch key)."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    n: int = 1
+    # vLLM structured output: ("regex", pattern) | ("grammar", ebnf) | ("json", schema-as-json)
+    constraint: tuple[str, str] | None = None
+
+
+@dataclass
+class Choice:
+    text: str
+    finish_reason: str | None = None
+    tokens: list[str] | None = None
+    token_logprobs: list[float] | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+    def confidence(self, chars: int | None = None) -> float | None:
+        """Geometric-mean token probability over the first `chars` characters of the text.
+
+        None when the backend gave no logprobs (then no confidence gate applies).
+        """
+        if not self.tokens or self.token_logprobs is None:
+            return None
+        used: list[float] = []
+        seen = 0
+        limit = len(self.text) if chars is None else chars
+        for token, logprob in zip(self.tokens, self.token_logprobs):
+            if seen >= limit and used:
+                break
+            if logprob is not None and math.isfinite(logprob):
+                used.append(logprob)
+            seen += len(token)
+        if not used:
+            return None
+        return math.exp(sum(used) / len(used))
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class BackendError(Exception):
+    """A model call failed. `outage` says whether the backend itself is unavailable."""
+
+    outage = True
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BackendUnreachable(BackendError):
+    pass
+
+
+class BackendTimeout(BackendError):
+    pass
+
+
+class BackendOverloaded(BackendError):
+    """HTTP 429/503: the server is up but refusing work for now."""
+
+
+class BackendServerError(BackendError):
+    pass
+
+
+class BackendBadResponse(BackendError):
+    """The server answered something that is not a valid completion response."""
+
+
+class BackendRequestError(BackendError):
+    """HTTP 4xx other than 429: our request (model name, prompt length) was refused."""
+
+    outage = False
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Health:
+    """Up/down state with one notification per outage."""
+
+    on_down: Callable[[str], None] = lambda reason: None
+    on_up: Callable[[], None] = lambda: None
+    down_since: float | None = None
+    reason: str = ""
+    retry_after: float = 0.0
+    # Set by a successful probe: requests may try again, but the outage only ends when one
+    # succeeds (a server that answers /models but not completions is still down).
+    probing_ok: bool = False
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def mark_down(self, reason: str) -> None:
+        self.probing_ok = False
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.reason = reason
+            self.on_down(reason)
+
+    def mark_up(self) -> None:
+        self.probing_ok = False
+        if self.down_since is not None:
+            self.down_since = None
+            self.reason = ""
+            self.on_up()
+
+
+# -- client ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BackendStats:
+    http_requests: int = 0
+    prompts: int = 0
+    failures: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    by_path: dict[str, int] = field(default_factory=dict)
+
+
+class Backend:
+    def __init__(
+        self,
+        url: str,
+        kind: str = "vllm",
+        api_key: str | None = None,
+        connect_timeout_s: float = 2.0,
+        request_timeout_s: float = 60.0,
+        health: Health | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self.kind = kind
+        self.health = health or Health()
+        self.stats = BackendStats()
+        self._connect_timeout = connect_timeout_s
+        self._request_timeout = request_timeout_s
+        headers = {"User-Agent": "phi-lsp"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+            if ".azure.com" in self.url:
+                headers["api-key"] = api_key
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=128, max_keepalive_connections=32),
+            transport=transport,
+        )
+        self._probe_task: asyncio.Task | None = None
+        self.on_activity: Callable[[int], None] = lambda in_flight: None
+
+    @property
+    def supports_batching(self) -> bool:
+        return self.kind == "vllm"
+
+    @property
+    def supports_logprobs(self) -> bool:
+        return self.kind == "vllm"
+
+    @property
+    def supports_constraints(self) -> bool:
+        return self.kind == "vllm"
+
+    def __repr__(self) -> str:  # never shows the API key
+        return f"Backend({self.url!r}, kind={self.kind!r})"
+
+    async def aclose(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        await self._client.aclose()
+
+    # -- public calls ----------------------------------------------------------------------
+
+    async def complete(
+        self,
+        model: str,
+        prompts: Sequence[str],
+        sampling: Sampling,
+        timeout_s: float | None = None,
+    ) -> list[list[Choice]]:
+        """Complete each prompt; returns `sampling.n` choices per prompt, in prompt order."""
+        if not prompts:
+            return []
+        if not self.supports_batching and len(prompts) > 1:
+            results = await asyncio.gather(
+                *(self.complete(model, [p], sampling, timeout_s) for p in prompts)
+            )
+            return [r[0] for r in results]
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": list(prompts) if len(prompts) > 1 else prompts[0],
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "n": sampling.n,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if sampling.logprobs and self.supports_logprobs:
+            body["logprobs"] = 1
+        if sampling.constraint and self.supports_constraints:
+            kind, value = sampling.constraint
+            body["structured_outputs"] = {kind: json.loads(value) if kind == "json" else value}
+        data = await self._post("/completions", body, timeout_s, prompts=len(prompts))
+        return _parse_completions(data, len(prompts), sampling.n)
+
+    async def chat(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        sampling: Sampling,
+        timeout_s: float | None = None,
+    ) -> list[Choice]:
+        """One chat completion (the server applies the model's chat template)."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "n": sampling.n,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        data = await self._post("/chat/completions", body, timeout_s, prompts=1)
+        return _parse_chat(data)
+
+    async def list_models(self, timeout_s: float | None = None) -> list[str]:
+        data = await self._request("GET", "/models", None, timeout_s or self._connect_timeout * 2)
+        try:
+            return [str(m["id"]) for m in data["data"]]
+        except (KeyError, TypeError) as exc:
+            raise BackendBadResponse(f"/models answered an unexpected shape: {exc!r}") from exc
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _post(self, path: str, body: dict, timeout_s: float | None, prompts: int) -> Any:
+        if self.health.down and not self.health.probing_ok:
+            raise BackendUnreachable(self.health.reason)
+        if self.health.retry_after > time.monotonic():
+            raise BackendOverloaded("the backend asked to retry later (HTTP 429)")
+        self.stats.prompts += prompts
+        data = await self._request("POST", path, body, timeout_s)
+        self.health.mark_up()
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if isinstance(usage, dict):
+            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
+        return data
+
+    async def _request(self, method: str, path: str, body: dict | None, timeout_s: float | None) -> Any:
+        self.stats.http_requests += 1
+        self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
+        self.stats.in_flight += 1
+        self.on_activity(self.stats.in_flight)
+        total = timeout_s or self._request_timeout
+        timeout = httpx.Timeout(total, connect=self._connect_timeout)
+        try:
+            try:
+                # httpx's read timeout is per read; the deadline bounds a slow drip as well.
+                async with asyncio.timeout(total):
+                    response = await self._client.request(
+                        method, self.url + path, json=body, timeout=timeout
+                    )
+            except httpx.ConnectError as exc:
+                raise BackendUnreachable(f"cannot connect to {self.url} ({_short(exc)})") from exc
+            except (httpx.TimeoutException, TimeoutError) as exc:
+                raise BackendTimeout(f"{self.url} did not answer within {total:.1f} s") from exc
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                raise BackendServerError(
+                    f"the connection to {self.url} broke ({_short(exc)})"
+                ) from exc
+            return self._decode(response)
+        except BackendError as exc:
+            self.stats.failures += 1
+            if exc.outage:
+                self._outage(exc)
+            raise
+        finally:
+            self.stats.in_flight -= 1
+            self.on_activity(self.stats.in_flight)
+
+    def _decode(self, response: httpx.Response) -> Any:
+        status = response.status_code
+        if status == 429 or status == 503:
+            retry = _retry_after(response.headers.get("retry-after"))
+            self.health.retry_after = time.monotonic() + retry
+            raise BackendOverloaded(f"{self.url} is overloaded (HTTP {status})")
+        if status >= 500:
+            raise BackendServerError(f"{self.url} failed (HTTP {status}: {_body_hint(response)})")
+        if status >= 400:
+            raise BackendRequestError(f"{self.url} refused the request (HTTP {status}: {_body_hint(response)})")
+        try:
+            return response.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BackendBadResponse(f"{self.url} answered with malformed JSON") from exc
+
+    def _outage(self, exc: BackendError) -> None:
+        self.health.mark_down(exc.reason)
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _probe(self) -> None:
+        """While down: poll /models until the server answers, then let requests through."""
+        probe_timeout = httpx.Timeout(self._connect_timeout * 2, connect=self._connect_timeout)
+        while self.health.down:
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            if self.health.probing_ok:
+                continue
+            try:
+                response = await self._client.get(self.url + "/models", timeout=probe_timeout)
+            except (httpx.HTTPError, OSError):
+                continue
+            if response.status_code < 500 and response.status_code != 429:
+                log.info("backend %s answers again", self.url)
+                self.health.probing_ok = True
+                self.health.retry_after = 0.0
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def _body_hint(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+        message = data.get("message") or data.get("error", {}).get("message") or data.get("detail")
+        if message:
+            return _short(Exception(str(message)))
+    except Exception:
+        pass
+    return _short(Exception(response.text.strip() or response.reason_phrase))
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(max(float(value), 0.0), 30.0) if value else 1.0
+    except ValueError:
+        return 1.0
+
+
+def _parse_completions(data: Any, prompts: int, n: int) -> list[list[Choice]]:
+    try:
+        raw_choices = data["choices"]
+        results: list[list[Choice]] = [[] for _ in range(prompts)]
+        for position, raw in enumerate(raw_choices):
+            index = int(raw.get("index", position))
+            text = raw["text"]
+            if not isinstance(text, str):
+                raise TypeError("choice text is not a string")
+            logprobs = raw.get("logprobs") or {}
+            choice = Choice(
+                text=text,
+                finish_reason=raw.get("finish_reason"),
+                tokens=logprobs.get("tokens"),
+                token_logprobs=logprobs.get("token_logprobs"),
+            )
+            results[index // n].append(choice)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise BackendBadResponse(f"the completion response has an unexpected shape ({exc!r})") from exc
+    if any(len(r) != n for r in results):
+        raise BackendBadResponse("the completion response is missing choices")
+    return results
+
+
+def _parse_chat(data: Any) -> list[Choice]:
+    try:
+        choices = []
+        for raw in data["choices"]:
+            content = raw["message"].get("content") or ""
+            if not isinstance(content, str):
+                raise TypeError("message content is not a string")
+            choices.append(Choice(text=content, finish_reason=raw.get("finish_reason")))
+        return choices
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BackendBadResponse(f"the chat response has an unexpected shape ({exc!r})") from exc
+

@@ -1,0 +1,192 @@
+"""The `phi-lsp` command: the language server (default), and the pipelines from a terminal.
+
+  phi-lsp [serve] [--tcp HOST:PORT]       the language server on stdio (or TCP)
+  phi-lsp review PATH...                  review files; `path:line:col: severity: message [...]`
+  phi-lsp complete FILE:LINE:COL          one completion (1-based line and column)
+  phi-lsp doctor                          what is configured, what answers, what to fix
+  phi-lsp serve-model                     start the managed vLLM and wait
+  phi-lsp demo                            a completion and a review of an example file
+  phi-lsp stats                           acceptance, latency and routing figures
+
+Global flags (--backend-url, --model, --config, --log-file, -v) go before or after the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__, config
+
+
+def _global_flags(parser: argparse.ArgumentParser, in_subcommand: bool) -> None:
+    # In subcommands the defaults are SUPPRESS so that a flag given before the command is kept.
+    default = argparse.SUPPRESS if in_subcommand else None
+    parser.add_argument("--backend-url", default=default, metavar="URL", help="OpenAI-compatible base URL ending in /v1")
+    parser.add_argument("--model", default=default, metavar="NAME", help="served model name for completion and review")
+    parser.add_argument("--config", default=default, metavar="FILE", help="a TOML file with phi-lsp settings")
+    parser.add_argument("--log-file", default=default, metavar="FILE", help="write logs here instead of stderr")
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS if in_subcommand else 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phi-lsp", description="AI completion and code review from Phi models, as a language server.")
+    parser.add_argument("--version", action="version", version=f"phi-lsp {__version__}")
+    _global_flags(parser, in_subcommand=False)
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the language server (default)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
+    serve.add_argument("--stdio", action="store_true", help="use stdio (the default; accepted for editors that pass it)")
+    _global_flags(serve, True)
+
+    review = commands.add_parser("review", help="review files from the command line")
+    review.add_argument("paths", nargs="+", metavar="PATH")
+    review.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+    review.add_argument("--fail-on", choices=("error", "warning", "info", "hint", "never"), default="never",
+                        help="exit 1 when a finding at or above this severity exists")
+    review.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    _global_flags(review, True)
+
+    complete = commands.add_parser("complete", help="complete at FILE:LINE:COL (1-based)")
+    complete.add_argument("location", metavar="FILE:LINE:COL")
+    complete.add_argument("--format", choices=("text", "json"), default="text")
+    _global_flags(complete, True)
+
+    doctor = commands.add_parser("doctor", help="check configuration and backend")
+    _global_flags(doctor, True)
+
+    serve_model = commands.add_parser("serve-model", help="start the managed vLLM server and wait")
+    serve_model.add_argument("--port", type=int, default=None)
+    _global_flags(serve_model, True)
+
+    demo = commands.add_parser("demo", help="complete and review an example file through the managed vLLM")
+    demo.add_argument("--file", default=None, help="the file to use instead of the bundled example")
+    _global_flags(demo, True)
+
+    stats = commands.add_parser("stats", help="acceptance rate, latency, cache and escalation figures")
+    stats.add_argument("--format", choices=("text", "json"), default="text")
+    stats.add_argument("--days", type=int, default=None, help="only the last N days")
+    _global_flags(stats, True)
+    return parser
+
+
+def setup_logging(verbose: int, log_file: str | None) -> None:
+    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
+    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pygls logs every message body at INFO; that is code, and noise. Only on -vv.
+    logging.getLogger("pygls").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose or 0, args.log_file)
+    command = args.command or "serve"
+    if command == "serve":
+        return run_server(args)
+    if command == "doctor":
+        from .doctor import run_doctor
+
+        return asyncio.run(run_doctor(_cli_settings(args)))
+    if command == "serve-model":
+        return asyncio.run(_serve_model(args))
+    if command == "review":
+        from review.cli import run_review
+
+        return asyncio.run(run_review(_cli_settings(args), args.paths, args.format, args.fail_on, not args.no_progress))
+    if command == "complete":
+        from completion.cli import run_complete
+
+        return asyncio.run(run_complete(_cli_settings(args), args.location, args.format))
+    if command == "demo":
+        from .demo import run_demo
+
+        return asyncio.run(run_demo(_cli_settings(args), args.file))
+    if command == "stats":
+        from .feedback import run_stats
+
+        return run_stats(args.format, args.days)
+    raise AssertionError(command)
+
+
+def _cli_settings(args: argparse.Namespace) -> config.SettingsManager:
+    manager, problems = config.load_for_cli(args.config, Path.cwd(), args.backend_url, args.model)
+    for problem in problems:
+        print(f"phi-lsp: {problem}", file=sys.stderr)
+    return manager
+
+
+def run_server(args: argparse.Namespace) -> int:
+    from .server import create_server
+
+    cli_settings = config.from_flags(args.backend_url, args.model)
+    if getattr(args, "config", None):
+        raw, problems = config.from_toml_file(Path(args.config))
+        for problem in problems:
+            logging.getLogger(__name__).warning(problem)
+        cli_settings = {**config.nest(raw or {}), **config.nest(cli_settings)}
+    server = create_server(cli_settings)
+    tcp = getattr(args, "tcp", None)
+    if tcp:
+        host, _, port = tcp.rpartition(":")
+        code = server.start_tcp(host or "127.0.0.1", int(port))
+    else:
+        # Anything a library prints must not corrupt the LSP stream on stdout.
+        stdout = sys.stdout.buffer
+        sys.stdout = sys.stderr
+        code = server.start_io(sys.stdin.buffer, stdout)
+    logging.shutdown()
+    sys.stderr.flush()
+    # A thread may still be blocked reading stdin; do not wait for it.
+    os._exit(code)
+
+
+async def _serve_model(args: argparse.Namespace) -> int:
+    from .managed_vllm import ManagedVllm, ManagedVllmError
+    from .runtime import model_configured, write_serve_model_record
+
+    manager = _cli_settings(args)
+    managed = ManagedVllm.from_settings(manager.settings, model_configured(manager))
+    if args.port:
+        managed.port = args.port
+    if managed.model.note:
+        print(managed.model.note, file=sys.stderr)
+
+    def progress(message: str, percent: int | None) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        url = await managed.start(progress)
+    except ManagedVllmError as exc:
+        print(f"phi-lsp: {exc}", file=sys.stderr)
+        return 1
+    record = write_serve_model_record(url, managed.model)
+    print(f"Serving {managed.model.served_name} at {url}", flush=True)
+    print(f"Editors and `phi-lsp review`/`complete` on this machine use it (recorded in {record}).", flush=True)
+    print("Press Ctrl+C to stop.", flush=True)
+    try:
+        while managed.process is not None and managed.process.returncode is None:
+            await asyncio.sleep(1)
+        print("vLLM exited:\n" + "\n".join(list(managed.output)[-10:]), file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        record.unlink(missing_ok=True)
+        await managed.stop()

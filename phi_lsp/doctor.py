@@ -1,0 +1,87 @@
+"""`phi-lsp doctor`: the configuration in effect, whether the backend answers, which models it
+serves, and what to fix. Exit status 1 when something needs fixing."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from . import __version__
+from .backend import Backend, BackendError
+from .config import SettingsManager, all_keys, redacted
+from .managed_vllm import choose_model, has_gpu, vllm_missing
+from .runtime import find_serve_model, model_configured
+
+
+async def run_doctor(manager: SettingsManager, out=None) -> int:
+    out = out or sys.stdout
+    settings = manager.settings
+    origins = manager.origins()
+    problems: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, file=out)
+
+    say(f"phi-lsp {__version__} (Python {sys.version.split()[0]} at {sys.executable})")
+    say()
+    say("Configuration in effect (source in brackets; no bracket = default):")
+    values = redacted(settings)
+    for key in all_keys():
+        section, name = key.split(".", 1)
+        source = origins.get(key)
+        say(f"  {key} = {values[section][name]!r}" + (f"  [{source}]" if source else ""))
+    say()
+
+    b = settings.backend
+    if b.url:
+        say(f"Backend: {b.url} (kind {b.kind}{', API key set' if b.api_key else ''})")
+        backend = Backend(b.url, b.kind, b.api_key, connect_timeout_s=b.connect_timeout_ms / 1000)
+        try:
+            served = await backend.list_models(timeout_s=5)
+        except BackendError as exc:
+            served = None
+            problems.append(
+                f"The backend does not answer: {exc.reason}. Start it (for example "
+                f"`vllm serve {settings.completion.model}`), or fix backend.url."
+            )
+        finally:
+            await backend.aclose()
+        if served is not None:
+            say(f"  reachable; serves: {', '.join(served) or '(nothing)'}")
+            for task in ("completion", "review"):
+                model = getattr(settings, task).model
+                if model not in served:
+                    problems.append(
+                        f"{task}.model is {model!r}, which {b.url} does not serve. Set {task}.model "
+                        f"to one of: {', '.join(served) or '(none)'}."
+                    )
+                else:
+                    say(f"  {task}.model {model!r}: served")
+    else:
+        choice = choose_model(settings, model_configured(manager))
+        say("Backend: none configured (backend.url unset), so phi-lsp starts a managed local vLLM.")
+        say(f"  it would serve: {choice.served_name} ({choice.source})")
+        if choice.note:
+            say(f"  note: {choice.note}")
+        say(f"  GPU: {'found' if has_gpu() else 'none found'}")
+        running = find_serve_model(choice)
+        if running:
+            say(f"  a `phi-lsp serve-model` is already serving it at {running}")
+        missing = vllm_missing(settings.managed.python or sys.executable)
+        if missing:
+            problems.append(missing)
+        else:
+            say(f"  vLLM: installed for {settings.managed.python or sys.executable}")
+    if b.kind == "openai":
+        say("  kind openai: one prompt per request; no logprobs (no confidence gate) and no structured outputs.")
+    if shutil.which("node") is None:
+        say("  (node not found: only needed to build the VS Code extension)")
+    say()
+    if problems:
+        say("What to fix:")
+        for problem in problems:
+            say(f"  - {problem}")
+        return 1
+    say("Everything looks right.")
+    return 0
+

@@ -1,0 +1,197 @@
+"""Owns the connection to the model: which backend (a configured URL or the managed local vLLM),
+its health, and the status the editor shows ("starting", "ready", "busy", "unreachable").
+
+The completion and review features ask it for a backend and a model name; they never block on
+it. While the model is starting or down, `backend_or_none()` says so at once and the features
+answer with nothing instead of making the editor wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from .backend import Backend, Health
+from .batching import Batcher
+from .config import Settings
+from .managed_vllm import ManagedVllm, ManagedVllmError, ModelChoice
+from .tokens import TokenCounter
+
+log = logging.getLogger(__name__)
+
+STARTING, READY, BUSY, UNREACHABLE, ERROR, DISABLED = (
+    "starting",
+    "ready",
+    "busy",
+    "unreachable",
+    "error",
+    "disabled",
+)
+
+
+@dataclass
+class Status:
+    state: str
+    message: str = ""
+    model: str = ""
+    url: str = ""
+
+    def as_json(self) -> dict:
+        return {"state": self.state, "message": self.message, "model": self.model, "url": self.url}
+
+
+class ModelService:
+    def __init__(
+        self,
+        notify_status: Callable[[Status], None],
+        warn_user: Callable[[str], None],
+        inform_user: Callable[[str], None],
+        progress: Callable[[str, int | None, bool], None] | None = None,
+    ):
+        self._notify_status = notify_status
+        self._warn_user = warn_user
+        self._inform_user = inform_user
+        self._progress = progress or (lambda message, percent, done: None)
+        self.settings = Settings()
+        self.model_configured = False
+        self.backend: Backend | None = None
+        self.batcher: Batcher | None = None
+        self.managed: ManagedVllm | None = None
+        self.managed_choice: ModelChoice | None = None
+        self._start_task: asyncio.Task | None = None
+        self._backend_key: tuple | None = None
+        self.status = Status(DISABLED)
+        self._closing: list[asyncio.Task] = []
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def configure(self, settings: Settings, model_configured: bool) -> None:
+        """Apply settings; (re)creates the backend only when its connection settings change."""
+        self.settings = settings
+        self.model_configured = model_configured
+        b = settings.backend
+        key = (b.url, b.kind, b.api_key, b.connect_timeout_ms, b.request_timeout_ms)
+        if b.url is None:
+            key += (settings.completion.model, settings.managed)
+        if key == self._backend_key:
+            return
+        self._backend_key = key
+        self._drop_backend()
+        if b.url:
+            self._use_backend(b.url)
+        else:
+            self._start_task = asyncio.get_running_loop().create_task(self._start_managed())
+
+    def _use_backend(self, url: str) -> None:
+        b = self.settings.backend
+        health = Health(on_down=self._on_down, on_up=self._on_up)
+        self.backend = Backend(
+            url,
+            kind=b.kind,
+            api_key=b.api_key,
+            connect_timeout_s=b.connect_timeout_ms / 1000,
+            request_timeout_s=b.request_timeout_ms / 1000,
+            health=health,
+        )
+        self.backend.on_activity = self._on_activity
+        self.batcher = Batcher(self.backend)
+        self._set_status(READY, f"Using {url}")
+
+    def _drop_backend(self) -> None:
+        if self._start_task is not None:
+            self._start_task.cancel()
+            self._start_task = None
+        closing = []
+        if self.batcher is not None:
+            closing.append(self.batcher.aclose())
+        if self.backend is not None:
+            closing.append(self.backend.aclose())
+        if self.managed is not None:
+            closing.append(self.managed.stop())
+        self.backend = self.batcher = self.managed = None
+        if closing:
+            task = asyncio.get_running_loop().create_task(_gather_quietly(closing))
+            self._closing.append(task)
+
+    async def _start_managed(self) -> None:
+        managed = ManagedVllm.from_settings(self.settings, self.model_configured)
+        self.managed, self.managed_choice = managed, managed.model
+        if managed.model.note:
+            self._inform_user(managed.model.note)
+        self._set_status(STARTING, f"Starting vLLM for {managed.model.served_name}")
+        try:
+            url = await managed.start(lambda message, percent: self._progress(message, percent, False))
+        except ManagedVllmError as exc:
+            self._progress(str(exc), None, True)
+            self._set_status(ERROR, str(exc))
+            self._warn_user(f"phi-lsp could not start the local model: {exc}")
+            return
+        self._progress(f"vLLM is serving {managed.model.served_name}", 100, True)
+        self._use_backend(url)
+
+    async def wait_until_started(self) -> None:
+        if self._start_task is not None:
+            await asyncio.shield(self._start_task)
+
+    async def aclose(self) -> None:
+        self._drop_backend()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # -- what features ask -----------------------------------------------------------------
+
+    def model_for(self, task: str) -> str:
+        """The served model name for "completion" or "review"."""
+        if self.settings.backend.url is None and self.managed_choice is not None:
+            return self.managed_choice.served_name  # the managed server serves one model
+        return getattr(self.settings, task).model
+
+    def model_source(self, task: str) -> str:
+        """A path or hub id for the model's files (to find its tokenizer)."""
+        if self.settings.backend.url is None and self.managed_choice is not None:
+            return self.managed_choice.source
+        return self.model_for(task)
+
+    def token_counter(self, task: str) -> TokenCounter:
+        return TokenCounter.for_model(self.model_source(task))
+
+    def backend_or_none(self) -> Backend | None:
+        """The backend if it can take a request now (not starting, not known to be down)."""
+        backend = self.backend
+        if backend is None or (backend.health.down and not backend.health.probing_ok):
+            return None
+        return backend
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _set_status(self, state: str, message: str = "") -> None:
+        model = self.model_for("completion") if self.settings else ""
+        url = self.backend.url if self.backend is not None else ""
+        self.status = Status(state, message, model, url)
+        self._notify_status(self.status)
+
+    def _on_down(self, reason: str) -> None:
+        self._set_status(UNREACHABLE, reason)
+        self._warn_user(
+            f"phi-lsp: the model backend is unavailable ({reason}). Completions and reviews pause "
+            "until it answers again; everything else keeps working."
+        )
+
+    def _on_up(self) -> None:
+        self._set_status(READY, "The model backend answers again")
+        log.info("backend recovered")
+
+    def _on_activity(self, in_flight: int) -> None:
+        if self.status.state in (READY, BUSY):
+            state = BUSY if in_flight else READY
+            if state != self.status.state:
+                self._set_status(state, self.status.message)
+
+
+async def _gather_quietly(awaitables) -> None:
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            log.warning("error while closing the backend: %s", result)

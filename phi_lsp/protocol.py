@@ -1,0 +1,172 @@
+"""JSON-RPC/LSP plumbing on top of pygls, made strict where the spec is strict and forgiving
+where a client can be wrong:
+
+- our own document store: didOpen/didChange/didClose go to `server.documents` (UTF-8 bytes and
+  an incrementally edited tree-sitter tree) instead of pygls' workspace text;
+- lifecycle: requests before `initialize` get ServerNotInitialized (-32002), requests after
+  `shutdown` get InvalidRequest (-32600); `exit` ends the loop with 0 after shutdown, 1 without;
+- the message reader answers malformed JSON with ParseError (-32700), a request it cannot
+  decode with InvalidParams (-32602) or InvalidRequest, and resynchronises after a wrong
+  Content-Length instead of losing every later message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import typing
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.json_rpc import JsonRPCProtocol
+from pygls.protocol.language_server import lsp_method
+
+if typing.TYPE_CHECKING:
+    from .server import PhiServer
+
+log = logging.getLogger(__name__)
+
+SERVER_NOT_INITIALIZED = -32002
+INVALID_REQUEST = -32600
+PARSE_ERROR = -32700
+INVALID_PARAMS = -32602
+
+_CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+class PhiProtocol(LanguageServerProtocol):
+    _server: "PhiServer"
+
+    def __init__(self, server, converter):
+        super().__init__(server, converter)
+        self.initialized = False
+        self.exit_code: int | None = None
+        self.stop_event = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def handle_message(self, message: Any) -> None:
+        method = getattr(message, "method", None)
+        is_request = hasattr(message, "id") and method is not None
+        if method == types.EXIT:
+            return super().handle_message(message)
+        if self._shutdown:
+            if is_request:
+                self.send_error(message.id, INVALID_REQUEST, f"{method}: the server is shut down")
+            return
+        if not self.initialized and method not in (types.INITIALIZE, None):
+            if is_request:
+                self.send_error(message.id, SERVER_NOT_INITIALIZED, f"{method}: initialize first")
+            return
+        if method == types.INITIALIZE:
+            if self.initialized:
+                self.send_error(message.id, INVALID_REQUEST, "initialize was already called")
+                return
+            self.initialized = True
+        super().handle_message(message)
+
+    @lsp_method(types.EXIT)
+    def lsp_exit(self, *args):
+        # pygls would sys.exit() from inside the loop; end the loop instead so the server can
+        # stop its managed vLLM and report the right exit code.
+        self.exit_code = 0 if self._shutdown else 1
+        self.stop_event.set()
+        self._server.stop_serving()
+        yield from ()
+
+    # -- document sync (our store, not pygls' workspace text) ------------------------------
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):
+        doc = params.text_document
+        self._server.documents.open(doc.uri, doc.text, doc.version, doc.language_id)
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_OPEN)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
+        document = self._server.documents.get(params.text_document.uri)
+        if document is None:
+            log.warning("didChange for %s, which is not open; ignored", params.text_document.uri)
+            return
+        document.apply_changes(params.content_changes, params.text_document.version)
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams):
+        if self._server.documents.close(params.text_document.uri) is None:
+            log.warning("didClose for %s, which is not open", params.text_document.uri)
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CLOSE)) is not None:
+            yield handler, (params,), None
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def send_error(self, msg_id: Any, code: int, message: str) -> None:
+        self._send_response(msg_id, error=types.ResponseError(code=code, message=message))
+
+    def receive(self, body: bytes) -> None:
+        """Decode one message body and hand it on; bad bodies get the right JSON-RPC error."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            log.warning("malformed JSON message (%d bytes) ignored", len(body))
+            self._send_raw_error(None, PARSE_ERROR, "Parse error: the message is not valid JSON")
+            return
+        if not isinstance(data, dict) or data.get("jsonrpc") != JsonRPCProtocol.VERSION:
+            msg_id = data.get("id") if isinstance(data, dict) else None
+            self._send_raw_error(msg_id, INVALID_REQUEST, "Invalid request: not a JSON-RPC 2.0 message")
+            return
+        try:
+            message = self.structure_message(data)
+        except Exception as exc:
+            if "id" in data and "method" in data:
+                code = INVALID_PARAMS if isinstance(exc, JsonRpcInvalidParams) else INVALID_REQUEST
+                self._send_raw_error(data["id"], code, f"Invalid params for {data['method']}")
+            else:
+                log.warning("undecodable %s notification ignored", data.get("method"))
+            return
+        self.handle_message(message)
+
+    def _send_raw_error(self, msg_id: Any, code: int, message: str) -> None:
+        if msg_id is not None and not isinstance(msg_id, (int, str)):
+            msg_id = None
+        self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
+
+
+async def read_messages(reader: Any, protocol: PhiProtocol) -> None:
+    """Read LSP-framed messages until EOF or `exit`.
+
+    Headers are matched case-insensitively; lines that are not headers are skipped, so after a
+    wrong Content-Length the reader finds the next message's header and carries on.
+    """
+    while not protocol.stop_event.is_set():
+        length: int | None = None
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            if line in (b"\r\n", b"\n"):
+                if length is not None:
+                    break
+                continue
+            match = _CONTENT_LENGTH.search(line)
+            if match:
+                length = int(match.group(1))
+        if length > MAX_MESSAGE_BYTES:
+            log.error("message of %d bytes is too large; skipping it", length)
+        body = await reader.readexactly(length) if length else b""
+        if length and len(body) < length:
+            return  # EOF in the middle of a message
+        if length and length <= MAX_MESSAGE_BYTES:
+            try:
+                protocol.receive(body)
+            except Exception:  # one bad message must not end the session
+                log.exception("failed to handle a message")
+        await asyncio.sleep(0)  # let handlers scheduled by this message start

@@ -1,0 +1,7 @@
+"""Review feature (wired in the review issue)."""
+
+from .feature import Feature
+
+
+class ReviewFeature(Feature):
+    pass

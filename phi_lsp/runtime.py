@@ -1,0 +1,104 @@
+"""A backend for command-line runs (review, complete, demo, doctor): the configured URL, a
+running `phi-lsp serve-model` for the same model, or a managed vLLM started for this run and
+stopped at its end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+import httpx
+
+from .backend import Backend
+from .config import SettingsManager
+from .managed_vllm import ManagedVllm, ModelChoice
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "phi-lsp"
+
+
+SERVE_MODEL_FILE = "serve-model.json"
+
+
+@dataclass
+class CliBackend:
+    backend: Backend
+    completion_model: str
+    review_model: str
+    model_source: str  # path or hub id (for the tokenizer)
+    note: str = ""
+
+
+def model_configured(manager: SettingsManager) -> bool:
+    origins = manager.origins()
+    return "completion.model" in origins or "review.model" in origins
+
+
+def write_serve_model_record(url: str, choice: ModelChoice) -> Path:
+    path = state_dir() / SERVE_MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"url": url, "model": choice.served_name, "source": choice.source, "pid": os.getpid()}))
+    return path
+
+
+def find_serve_model(choice: ModelChoice) -> str | None:
+    """URL of a live `phi-lsp serve-model` serving the same model, if there is one."""
+    path = state_dir() / SERVE_MODEL_FILE
+    try:
+        record = json.loads(path.read_text())
+        os.kill(int(record["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if record.get("model") != choice.served_name:
+        return None
+    try:
+        health = record["url"].rsplit("/v1", 1)[0] + "/health"
+        if httpx.get(health, timeout=1.0).status_code == 200:
+            return record["url"]
+    except httpx.HTTPError:
+        return None
+    return None
+
+
+def _progress(message: str, percent: int | None) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\033[K{message}")
+        sys.stderr.flush()
+    elif percent in (0, 100):
+        print(message, file=sys.stderr)
+
+
+@contextlib.asynccontextmanager
+async def cli_backend(manager: SettingsManager) -> AsyncIterator[CliBackend]:
+    settings = manager.settings
+    b = settings.backend
+    timeouts = dict(connect_timeout_s=b.connect_timeout_ms / 1000, request_timeout_s=b.request_timeout_ms / 1000)
+    if b.url:
+        backend = Backend(b.url, b.kind, b.api_key, **timeouts)
+        try:
+            yield CliBackend(backend, settings.completion.model, settings.review.model, settings.completion.model)
+        finally:
+            await backend.aclose()
+        return
+    managed = ManagedVllm.from_settings(settings, model_configured(manager))
+    choice = managed.model
+    url = find_serve_model(choice)
+    started = url is None
+    if started:
+        url = await managed.start(_progress)
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+    backend = Backend(url, "vllm", None, **timeouts)
+    try:
+        yield CliBackend(backend, choice.served_name, choice.served_name, choice.source, choice.note)
+    finally:
+        await backend.aclose()
+        if started:
+            await managed.stop()

@@ -1,0 +1,379 @@
+"""The language server: pygls wiring of documents, settings, the model service and features.
+
+Handlers stay thin. Document sync mutates documents synchronously on the event loop (in
+PhiProtocol); everything that talks to the model runs as async tasks over immutable snapshots,
+so the editor is never blocked and a result computed for an older version is never shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.capabilities import ServerCapabilitiesBuilder
+from pygls.io_ import StdinAsyncReader, StdoutWriter
+from pygls.lsp.server import LanguageServer
+
+from . import __version__, config, positions
+from .documents import DocumentStore
+from .feature import Feature
+from .model_service import ModelService, Status
+from .privacy import PrivacyFilter
+from .progress import ProgressReporter
+from .protocol import PhiProtocol, read_messages
+from .syntax import path_of
+
+log = logging.getLogger(__name__)
+
+STATUS_NOTIFICATION = "phi/status"
+PARENT_POLL_S = 2.0
+
+
+class PhiServer(LanguageServer):
+    protocol: PhiProtocol
+
+    def __init__(self, cli_settings: dict[str, Any] | None = None):
+        super().__init__("phi-lsp", __version__, protocol_cls=PhiProtocol, max_workers=4)
+        self.documents = DocumentStore()
+        self.settings_manager = config.SettingsManager()
+        self.cli_settings = cli_settings or {}
+        self.privacy = PrivacyFilter()
+        self.workspace_roots: list[Path] = []
+        self.service = ModelService(
+            notify_status=self._send_status,
+            warn_user=lambda text: self.show_message_once(text, types.MessageType.Warning),
+            inform_user=lambda text: self.show_message_once(text, types.MessageType.Info),
+            progress=self._model_progress,
+        )
+        self.features: list[Feature] = []
+        self._shown: set[str] = set()
+        self._startup_progress: ProgressReporter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.started_at = time.monotonic()
+
+    @property
+    def settings(self) -> config.Settings:
+        return self.settings_manager.settings
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start_io(self, stdin=None, stdout=None) -> int:  # type: ignore[override]
+        reader = StdinAsyncReader(stdin or sys.stdin.buffer, self.thread_pool)
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        return self._run(read_messages(reader, self.protocol))
+
+    def start_tcp(self, host: str, port: int) -> int:  # type: ignore[override]
+        async def serve() -> None:
+            connected = asyncio.Event()
+
+            async def on_connection(reader, writer):
+                if connected.is_set():  # one editor per server process
+                    writer.close()
+                    return
+                connected.set()
+                self.protocol.set_writer(writer)
+                try:
+                    await read_messages(_StreamReader(reader), self.protocol)
+                finally:
+                    self.stop_serving()
+
+            server = await asyncio.start_server(on_connection, host, port)
+            log.info("listening on %s:%s", host, port)
+            async with server:
+                await self._stopped.wait()
+
+        return self._run(serve())
+
+    def _run(self, main) -> int:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stopped = asyncio.Event()
+            reading = asyncio.ensure_future(main)
+            stopped = asyncio.ensure_future(self._stopped.wait())
+            await asyncio.wait([reading, stopped], return_when=asyncio.FIRST_COMPLETED)
+            for task in (reading, stopped):
+                task.cancel()
+            await self._cleanup()
+
+        try:
+            asyncio.run(run())
+        except BrokenPipeError:
+            log.error("the editor closed the connection")
+        if self.protocol.exit_code is not None:
+            return self.protocol.exit_code
+        return 0 if self.protocol._shutdown else 1
+
+    def stop_serving(self) -> None:
+        if self._loop is not None and hasattr(self, "_stopped"):
+            self._loop.call_soon_threadsafe(self._stopped.set)
+
+    async def _cleanup(self) -> None:
+        for feature in self.features:
+            try:
+                await asyncio.wait_for(feature.shutdown(), timeout=5)
+            except Exception:
+                log.exception("feature %s failed to shut down", type(feature).__name__)
+        await self.service.aclose()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def run_task(self, coro, name: str = "") -> asyncio.Task:
+        """Start background work, keeping a reference and logging its failure."""
+        task = asyncio.get_running_loop().create_task(coro, name=name or None)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s failed", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    # -- talking to the user ---------------------------------------------------------------
+
+    def show_message_once(self, text: str, kind: types.MessageType = types.MessageType.Warning) -> None:
+        """window/showMessage, but never the same text twice in a session (plus a log line)."""
+        self.window_log_message(types.LogMessageParams(type=kind, message=text))
+        if text in self._shown:
+            return
+        self._shown.add(text)
+        self.window_show_message(types.ShowMessageParams(type=kind, message=text))
+
+    def forget_message(self, text: str) -> None:
+        self._shown.discard(text)
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        # pygls would pop up a message for every failed notification; log it instead.
+        log.error("internal error (%s): %s", getattr(source, "__name__", source), error)
+
+    def _send_status(self, status: Status) -> None:
+        if self.protocol.writer is not None and self.protocol.initialized:
+            self.protocol.notify(STATUS_NOTIFICATION, status.as_json())
+
+    def _model_progress(self, message: str, percent: int | None, done: bool) -> None:
+        if self._startup_progress is None:
+            self._startup_progress = ProgressReporter(self, "phi-lsp: starting the model")
+            self.run_task(self._startup_progress.begin(message, percent or 0), "progress")
+            return
+        if done:
+            self._startup_progress.end(message)
+            self._startup_progress = None
+        else:
+            self._startup_progress.report(message, percent)
+
+    # -- settings --------------------------------------------------------------------------
+
+    def apply_settings_source(self, source: str, raw: Any) -> None:
+        problems = self.settings_manager.set_source(source, raw)
+        for problem in problems:
+            self.show_message_once(problem, types.MessageType.Warning)
+        settings = self.settings
+        origins = self.settings_manager.origins()
+        model_configured = any(k in origins for k in ("completion.model", "review.model"))
+        self.privacy.configure(settings.privacy, self.workspace_roots)
+        self.service.configure(settings, model_configured)
+        for feature in self.features:
+            _isolated(feature.settings_changed, settings)
+
+    def load_initial_settings(self, initialization_options: Any) -> None:
+        problems: list[str] = []
+        pyproject = next(
+            (config.find_pyproject(root) for root in self.workspace_roots if config.find_pyproject(root)),
+            None,
+        )
+        if pyproject is not None:
+            raw, read_problems = config.from_toml_file(pyproject)
+            problems += read_problems
+            problems += self.settings_manager.set_source("pyproject.toml", raw)
+        problems += self.settings_manager.set_source("environment", config.from_environment())
+        problems += self.settings_manager.set_source("command line", self.cli_settings)
+        for problem in problems:
+            self.show_message_once(problem, types.MessageType.Warning)
+        self.apply_settings_source(
+            "initializationOptions", config.unwrap_client_settings(initialization_options)
+        )
+
+    # -- editor lifetime -------------------------------------------------------------------
+
+    def watch_parent(self, pid: int | None) -> None:
+        """Exit when the editor process is gone (it may die without closing our stdin)."""
+        if not pid or pid == os.getpid():
+            return
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(PARENT_POLL_S)
+                if not _process_alive(pid):
+                    log.warning("editor process %s is gone; exiting", pid)
+                    self.stop_serving()
+                    return
+
+        self.run_task(poll(), "watch-parent")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _isolated(hook, *args) -> Any:
+    try:
+        return hook(*args)
+    except Exception:
+        log.exception("feature hook %s failed", getattr(hook, "__qualname__", hook))
+        return None
+
+
+class _StreamReader:
+    """asyncio.StreamReader with pygls' reader interface and EOF as empty bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self._reader = reader
+
+    async def readline(self) -> bytes:
+        return await self._reader.readline()
+
+    async def readexactly(self, n: int) -> bytes:
+        try:
+            return await self._reader.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+
+
+def create_server(cli_settings: dict[str, Any] | None = None) -> PhiServer:
+    server = PhiServer(cli_settings)
+    _register_core(server)
+    from .completion_feature import CompletionFeature
+    from .review_feature import ReviewFeature
+
+    server.features = [CompletionFeature(server), ReviewFeature(server)]
+    for feature in server.features:
+        register = getattr(feature, "register", None)
+        if register is not None:
+            register()
+    return server
+
+
+def _register_core(server: PhiServer) -> None:
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: PhiServer, params: types.InitializeParams) -> None:
+        encoding = ServerCapabilitiesBuilder.choose_position_encoding(params.capabilities)
+        ls.documents.encoding = str(getattr(encoding, "value", encoding))
+        if ls.documents.encoding not in positions.ENCODINGS:
+            ls.documents.encoding = positions.UTF16
+        roots = [f.uri for f in params.workspace_folders or []] or (
+            [params.root_uri] if params.root_uri else []
+        )
+        if not roots and params.root_path:
+            roots = [params.root_path]
+        ls.workspace_roots = [Path(path_of(uri)) for uri in roots]
+        ls.load_initial_settings(params.initialization_options)
+        ls.watch_parent(params.process_id)
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: PhiServer, params: types.InitializedParams) -> None:
+        ls._send_status(ls.service.status)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(ls: PhiServer, params: types.DidChangeConfigurationParams) -> None:
+        settings = config.unwrap_client_settings(params.settings)
+        if not settings and _supports_configuration_pull(ls):
+            # Pull model: the notification only says "something changed".
+            try:
+                answer = await ls.workspace_configuration_async(
+                    types.ConfigurationParams(items=[types.ConfigurationItem(section="phiLsp")])
+                )
+                settings = answer[0] if answer else None
+            except Exception as exc:
+                log.warning("workspace/configuration failed: %s", exc)
+                return
+        if settings is None:
+            return
+        ls.apply_settings_source("workspace/didChangeConfiguration", settings)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: PhiServer, params: types.DidOpenTextDocumentParams) -> None:
+        document = ls.documents.get(params.text_document.uri)
+        if document is not None:
+            for feature in ls.features:
+                _isolated(feature.document_opened, document)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: PhiServer, params: types.DidChangeTextDocumentParams) -> None:
+        document = ls.documents.get(params.text_document.uri)
+        if document is not None:
+            for feature in ls.features:
+                _isolated(feature.document_changed, document, params)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=False))
+    def did_save(ls: PhiServer, params: types.DidSaveTextDocumentParams) -> None:
+        document = ls.documents.get(params.text_document.uri)
+        if document is None:
+            log.warning("didSave for %s, which is not open", params.text_document.uri)
+            return
+        for feature in ls.features:
+            _isolated(feature.document_saved, document)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: PhiServer, params: types.DidCloseTextDocumentParams) -> None:
+        for feature in ls.features:
+            _isolated(feature.document_closed, params.text_document.uri)
+
+    @server.feature(types.SHUTDOWN)
+    async def shutdown(ls: PhiServer, *args) -> None:
+        await ls._cleanup()
+
+    @server.command("phi.stats")
+    def stats(ls: PhiServer, *args) -> dict:
+        return collect_stats(ls)
+
+    @server.command("phi.status")
+    def status(ls: PhiServer, *args) -> dict:
+        return ls.service.status.as_json()
+
+
+def collect_stats(ls: PhiServer) -> dict:
+    backend = ls.service.backend
+    batcher = ls.service.batcher
+    result: dict[str, Any] = {
+        "status": ls.service.status.as_json(),
+        "documents": len(ls.documents),
+        "uptimeSeconds": round(time.monotonic() - ls.started_at, 1),
+        "backend": None
+        if backend is None
+        else {
+            "url": backend.url,
+            "kind": backend.kind,
+            "httpRequests": backend.stats.http_requests,
+            "prompts": backend.stats.prompts,
+            "failures": backend.stats.failures,
+            "promptTokens": backend.stats.prompt_tokens,
+            "completionTokens": backend.stats.completion_tokens,
+            "byPath": dict(backend.stats.by_path),
+        },
+        "batching": None if batcher is None else vars(batcher.stats).copy(),
+    }
+    for feature in ls.features:
+        stats = _isolated(feature.stats)
+        if stats:
+            result.update(stats)
+    return result
+
+
+def _supports_configuration_pull(ls: PhiServer) -> bool:
+    workspace = ls.client_capabilities.workspace
+    return bool(workspace and workspace.configuration)
+

@@ -1,0 +1,70 @@
+"""Counting prompt tokens: with the model's own tokenizer when its tokenizer.json is on disk
+(a local model directory, the bundled demo model, or the Hugging Face cache), otherwise with an
+estimate calibrated on code (about 3.9 characters per token for the Phi tokenizers on Python;
+3.5 is used so the estimate errs on the short side of the budget).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 3.5
+
+
+def _hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def find_tokenizer_file(model: str) -> Path | None:
+    """tokenizer.json for a model directory, a bundled model name or a cached hub id."""
+    from .managed_vllm import bundled_model
+
+    direct = Path(model).expanduser()
+    candidates = [direct / "tokenizer.json"]
+    bundled = bundled_model(model)
+    if bundled is not None:
+        candidates.append(bundled / "tokenizer.json")
+    if "/" in model and not direct.exists():
+        snapshots = _hub_cache() / ("models--" + model.replace("/", "--")) / "snapshots"
+        if snapshots.is_dir():
+            candidates += sorted(snapshots.glob("*/tokenizer.json"))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+class TokenCounter:
+    def __init__(self, tokenizer=None, source: str = "estimate"):
+        self._tokenizer = tokenizer
+        self.source = source
+
+    @property
+    def exact(self) -> bool:
+        return self._tokenizer is not None
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._tokenizer is not None:
+            return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        return int(len(text) / CHARS_PER_TOKEN) + 1
+
+    @staticmethod
+    @lru_cache(maxsize=8)
+    def for_model(model: str) -> "TokenCounter":
+        path = find_tokenizer_file(model)
+        if path is None:
+            return TokenCounter()
+        try:
+            from tokenizers import Tokenizer
+
+            return TokenCounter(Tokenizer.from_file(str(path)), str(path))
+        except Exception as exc:  # a broken tokenizer file must not break completion
+            log.warning("could not load %s (%s); estimating token counts", path, exc)
+            return TokenCounter()

@@ -1,0 +1,120 @@
+"""Shared fixtures: the real vLLM server (once per session) and LSP clients driving phi-lsp.
+
+The vLLM server is vLLM's CPU build serving ../shared/models/phi-code-tiny (or the project's
+bundled copy) on a free loopback port, started through phi-lsp's own managed-vLLM code. Where
+vLLM or the model is missing, tests that need it skip with the reason; with
+PHI_LSP_REQUIRE_VLLM=1 (set by .ci/run) they fail instead. PHI_LSP_TEST_VLLM_URL points the
+tests at an already running server (handy while developing).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MODEL = ROOT.parent / "shared" / "models" / "phi-code-tiny"
+BUNDLED_MODEL = ROOT / "phi_lsp" / "models" / "phi-code-tiny"
+MODEL_NAME = "phi-code-tiny"
+REQUIRE_VLLM = os.environ.get("PHI_LSP_REQUIRE_VLLM") == "1"
+# A port nothing listens on: a backend that is down.
+DEAD_BACKEND = "http://127.0.0.1:9/v1"
+SERVER_COMMAND = [sys.executable, "-m", "phi_lsp"]
+
+
+def model_dir() -> Path | None:
+    for candidate in (SHARED_MODEL, BUNDLED_MODEL):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def _unavailable(reason: str):
+    if REQUIRE_VLLM:
+        pytest.fail(f"the real vLLM server is required here (PHI_LSP_REQUIRE_VLLM=1): {reason}")
+    pytest.skip(f"needs a real vLLM server: {reason}")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def vllm_url():
+    """Base URL (…/v1) of a real vLLM serving phi-code-tiny for the whole test session."""
+    if os.environ.get("PHI_LSP_TEST_VLLM_URL"):
+        yield os.environ["PHI_LSP_TEST_VLLM_URL"].rstrip("/")
+        return
+    from phi_lsp.managed_vllm import ManagedVllm, ManagedVllmError, ModelChoice, vllm_missing
+
+    missing = vllm_missing(sys.executable)
+    if missing:
+        _unavailable(missing)
+    model = model_dir()
+    if model is None:
+        _unavailable(f"the test model is missing (looked in {SHARED_MODEL} and {BUNDLED_MODEL})")
+    server = ManagedVllm(ModelChoice(str(model), MODEL_NAME), max_model_len=2048, start_timeout_s=600)
+    try:
+        url = await server.start()
+    except ManagedVllmError as exc:
+        _unavailable(f"vLLM failed to start: {exc}")
+    yield url
+    await server.stop()
+
+
+def capabilities(profile: str, encoding: str | None = None) -> types.ClientCapabilities:
+    """A real editor's capabilities, optionally offering only one position encoding."""
+    caps = client_capabilities(profile)
+    if encoding is not None:
+        caps.general = caps.general or types.GeneralClientCapabilities()
+        caps.general.position_encodings = [encoding]
+    return caps
+
+
+def settings(url: str, **overrides) -> dict:
+    options = {
+        "backend": {"url": url},
+        "completion": {"model": MODEL_NAME, "promptMode": "raw", "debounceMs": 0, "minConfidence": 0.0},
+        "review": {"model": MODEL_NAME},
+    }
+    for key, value in overrides.items():
+        section, name = key.split(".", 1)
+        options.setdefault(section, {})[name] = value
+    return options
+
+
+async def initialize(client: LanguageClient, workspace: Path, options: dict, profile="visual_studio_code", encoding=None):
+    return await client.initialize_session(
+        types.InitializeParams(
+            capabilities=capabilities(profile, encoding),
+            root_uri=workspace.as_uri(),
+            workspace_folders=[types.WorkspaceFolder(uri=workspace.as_uri(), name="ws")],
+            initialization_options=options,
+        )
+    )
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER_COMMAND))
+async def client(lsp_client: LanguageClient, tmp_path):
+    """A client whose backend is down: everything that needs no model must still work."""
+    await initialize(lsp_client, tmp_path, settings(DEAD_BACKEND))
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest_lsp.fixture(
+    config=ClientServerConfig(server_command=SERVER_COMMAND),
+    params=[("visual_studio_code", "utf-16"), ("neovim", "utf-8"), ("neovim", "utf-32")],
+    ids=["vscode-utf16", "neovim-utf8", "neovim-utf32"],
+)
+async def model_client(lsp_client: LanguageClient, request, tmp_path, vllm_url):
+    """A client of a server that talks to the real vLLM, once per editor/encoding profile."""
+    profile, encoding = request.param
+    result = await initialize(lsp_client, tmp_path, settings(vllm_url), profile, encoding)
+    assert result.capabilities.position_encoding == encoding
+    lsp_client.workspace = tmp_path
+    yield
+    await lsp_client.shutdown_session()

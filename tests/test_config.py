@@ -1,0 +1,107 @@
+"""Settings: sources, precedence, validation, and what real editors send."""
+
+from __future__ import annotations
+
+import pytest
+
+from phi_lsp import config
+from phi_lsp.config import SettingsManager
+
+
+def test_defaults():
+    s = config.Settings()
+    assert s.backend.url is None and s.backend.kind == "vllm"
+    assert s.completion.model == s.review.model == "microsoft/Phi-4-mini-instruct"
+    assert s.completion.prompt_mode == "auto"
+
+
+def test_precedence_lowest_to_highest():
+    m = SettingsManager()
+    m.set_source("pyproject.toml", {"backend": {"url": "http://a/v1"}, "completion": {"debounceMs": 10, "maxTokens": 5}})
+    m.set_source("environment", config.from_environment({"PHI_LSP_BACKEND_URL": "http://b/v1", "PHI_LSP_MODEL": "m-env"}))
+    m.set_source("initializationOptions", {"completion": {"debounceMs": 20}})
+    m.set_source("workspace/didChangeConfiguration", {"completion.debounceMs": 30})
+    s = m.settings
+    assert s.backend.url == "http://b/v1"
+    assert s.completion.model == s.review.model == "m-env"
+    assert s.completion.debounce_ms == 30
+    assert s.completion.max_tokens == 5
+    assert m.origins()["completion.debounceMs"] == "workspace/didChangeConfiguration"
+    # A later change of a lower source is still overridden by the higher ones.
+    m.set_source("pyproject.toml", {"completion": {"debounceMs": 99}})
+    assert m.settings.completion.debounce_ms == 30
+    assert m.settings.completion.max_tokens == 64  # pyproject no longer sets it
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ({"completion": {"debounceMs": "fast"}}, "must be a number"),
+        ({"completion": {"debounceMs": -5}}, "between 0 and 5000"),
+        ({"completion": {"minConfidence": 1.5}}, "between 0.0 and 1.0"),
+        ({"completion": {"enabled": "yes"}}, "true or false"),
+        ({"backend": {"kind": "ollama"}}, "one of 'vllm', 'openai'"),
+        ({"backend": {"url": "localhost:8000"}}, "http:// or https://"),
+        ({"completion": {"maxTokens": 2.5}}, "whole number"),
+        ({"completion": {"nope": 1}}, "Unknown phi-lsp setting `completion.nope`"),
+        ({"bogus": {}}, "Unknown phi-lsp setting `bogus`"),
+    ],
+)
+def test_bad_values_are_reported_and_fall_back(raw, words):
+    m = SettingsManager()
+    m.set_source("initializationOptions", {"completion": {"debounceMs": 42}})
+    problems = m.set_source("workspace/didChangeConfiguration", raw)
+    assert len(problems) == 1 and words in problems[0], problems
+    assert m.settings.completion.debounce_ms == 42
+    assert m.settings.backend.kind == "vllm"
+
+
+def test_api_key_never_appears_in_messages_or_repr():
+    m = SettingsManager()
+    problems = m.set_source("initializationOptions", {"backend": {"apiKey": 12345}})
+    assert "12345" not in problems[0]
+    m.set_source("initializationOptions", {"backend": {"apiKey": "sk-secret-value"}})
+    assert "sk-secret-value" not in repr(m.settings)
+    assert "sk-secret-value" not in str(config.redacted(m.settings))
+
+
+def test_vscode_and_neovim_payloads():
+    # VS Code: getConfiguration("phiLsp") nests dotted keys; some clients wrap in the section.
+    vscode = {"phiLsp": {"backend": {"url": "http://h:8000/v1", "kind": "vllm", "apiKey": None},
+                         "completion": {"enabled": True, "debounceMs": 75, "promptMode": "auto"}}}
+    m = SettingsManager()
+    assert m.set_source("initializationOptions", config.unwrap_client_settings(vscode)) == []
+    assert m.settings.backend.url == "http://h:8000/v1"
+    # Neovim: settings table as given to setup({ settings = {...} }).
+    nvim = {"backend": {"url": "http://127.0.0.1:8000/v1"}, "review": {"onSave": False, "maxFindingsPerFile": 5}}
+    assert m.set_source("initializationOptions", nvim) == []
+    assert m.settings.review.on_save is False and m.settings.review.max_findings_per_file == 5
+
+
+def test_pyproject_table(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.phi-lsp]\nbackend.url = "http://x:1/v1"\n[tool.phi-lsp.completion]\nmaxTokens = 12\n'
+    )
+    (tmp_path / "src").mkdir()
+    manager, problems = config.load_for_cli(None, tmp_path / "src", None, "flag-model", env={})
+    assert problems == []
+    assert manager.settings.backend.url == "http://x:1/v1"
+    assert manager.settings.completion.max_tokens == 12
+    assert manager.settings.review.model == "flag-model"
+
+
+def test_broken_pyproject_is_one_message(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.phi-lsp\n")
+    manager, problems = config.load_for_cli(None, tmp_path, None, None, env={})
+    assert len(problems) == 1 and "Could not read" in problems[0]
+    assert manager.settings == config.Settings()
+
+
+def test_endpoints():
+    m = SettingsManager()
+    problems = m.set_source("initializationOptions", {"backend": {"endpoints": [
+        {"url": "http://a:1/v1", "models": ["small"]}, {"url": "http://b:2/v1", "models": "large", "apiKey": "k"}]}})
+    assert problems == []
+    assert [e.url for e in m.settings.backend.endpoints] == ["http://a:1/v1", "http://b:2/v1"]
+    assert m.settings.backend.endpoints[1].models == ("large",)
+    assert m.set_source("initializationOptions", {"backend": {"endpoints": [{"models": []}]}})

@@ -1,0 +1,85 @@
+"""Lifecycle and protocol robustness, driven over raw stdio."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import DEAD_BACKEND, settings
+from tests.rawlsp import RawServer
+
+
+@pytest.fixture
+def raw(tmp_path):
+    server = RawServer()
+    yield server
+    server.close()
+
+
+def test_exit_after_shutdown_is_zero(raw, tmp_path):
+    result = raw.initialize(tmp_path, settings(DEAD_BACKEND))
+    caps = result["result"]["capabilities"]
+    assert caps["textDocumentSync"]["change"] == 2  # incremental
+    assert raw.response(raw.request("shutdown"))["result"] is None
+    raw.notify("exit")
+    assert raw.wait() == 0
+
+
+def test_exit_without_shutdown_is_one(raw, tmp_path):
+    raw.initialize(tmp_path, settings(DEAD_BACKEND))
+    raw.notify("exit")
+    assert raw.wait() == 1
+
+
+def test_requests_before_initialize_and_after_shutdown(raw, tmp_path):
+    early = raw.response(raw.request("textDocument/hover", {"textDocument": {"uri": "file:///x.py"}, "position": {"line": 0, "character": 0}}))
+    assert early["error"]["code"] == -32002
+    raw.initialize(tmp_path, settings(DEAD_BACKEND))
+    again = raw.response(raw.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}}))
+    assert again["error"]["code"] == -32600
+    raw.response(raw.request("shutdown"))
+    late = raw.response(raw.request("workspace/executeCommand", {"command": "phi.stats"}))
+    assert late["error"]["code"] == -32600
+    raw.notify("exit")
+    assert raw.wait() == 0
+
+
+def test_malformed_messages_get_errors_and_the_server_keeps_going(raw, tmp_path):
+    raw.initialize(tmp_path, settings(DEAD_BACKEND))
+    body = b'{"jsonrpc": "2.0", "id": 7, "method": '
+    raw.send_bytes(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert raw.response(None)["error"]["code"] == -32700
+    raw.send_bytes(b"Content-Length: 4\r\n\r\n\xff\xfe\x00\x01")  # binary garbage
+    assert raw.response(None)["error"]["code"] == -32700
+    # Wrong Content-Length (too short): that message is lost, the next one is not.
+    good = json.dumps({"jsonrpc": "2.0", "id": 8, "method": "workspace/executeCommand", "params": {"command": "phi.status"}}).encode()
+    raw.send_bytes(b"Content-Length: 10\r\n\r\n" + good)
+    raw.send(json.loads(good.replace(b'"id": 8', b'"id": 9')))
+    assert "result" in raw.response(9)
+    # Params of the wrong shape: InvalidParams for that id.
+    raw.send({"jsonrpc": "2.0", "id": 10, "method": "textDocument/inlineCompletion", "params": {"textDocument": 3}})
+    assert raw.response(10)["error"]["code"] in (-32602, -32600)
+    # Unknown method: MethodNotFound.
+    assert raw.response(raw.request("phi/noSuchThing", {}))["error"]["code"] == -32601
+    # didChange for a document never opened is ignored; the server still answers.
+    raw.notify("textDocument/didChange", {"textDocument": {"uri": "file:///never.py", "version": 2},
+                                          "contentChanges": [{"text": "x"}]})
+    assert "result" in raw.response(raw.request("workspace/executeCommand", {"command": "phi.status"}))
+    raw.response(raw.request("shutdown"))
+    raw.notify("exit")
+    assert raw.wait() == 0
+
+
+def test_exits_when_the_editor_process_dies(raw, tmp_path):
+    # The "editor" is another process; our test keeps phi-lsp's stdin open, so only the
+    # processId watch can notice that the editor is gone.
+    editor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    msg_id = raw.request("initialize", {"processId": editor.pid, "rootUri": tmp_path.as_uri(), "capabilities": {},
+                                        "initializationOptions": settings(DEAD_BACKEND)})
+    raw.response(msg_id)
+    editor.kill()
+    editor.wait()
+    assert raw.wait(timeout=15) == 1
