@@ -91,39 +91,19 @@ class Snapshot:
     def text(self) -> str:
         return positions.decode(self.source)
 
+    @cached_property
+    def buffer(self) -> "TextBuffer":
+        """Position conversions for this version of the text."""
+        return TextBuffer(self.source, self.encoding)
 
-class Document:
-    def __init__(
-        self,
-        uri: str,
-        text: str,
-        version: int = 0,
-        language_id: str | None = None,
-        encoding: str = positions.UTF16,
-    ):
-        self.uri = uri
-        self.version = version
-        self.language_id = language_id
+
+class TextBuffer:
+    """UTF-8 text with LSP line/column conversions in one position encoding."""
+
+    def __init__(self, source: bytes, encoding: str = positions.UTF16):
+        self.source = source
         self.encoding = encoding
-        self.language = syntax.language_for(uri, language_id)
-        self.source = positions.encode(text)
-        self.lines = LineIndex(self.source)
-        self.tree: Tree | None = None
-        self._parser: Parser | None = syntax.parser_for(self.language) if self.language else None
-        self._text: str | None = text
-        self._reparse(incremental=False)
-
-    # -- reading ---------------------------------------------------------------------------
-
-    @property
-    def text(self) -> str:
-        if self._text is None:
-            self._text = positions.decode(self.source)
-        return self._text
-
-    def snapshot(self) -> Snapshot:
-        tree = self.tree.copy() if self.tree is not None else None
-        return Snapshot(self.uri, self.version, self.language, self.source, tree, self.encoding)
+        self.lines = LineIndex(source)
 
     def line_count(self) -> int:
         return self.lines.line_count()
@@ -161,6 +141,39 @@ class Document:
 
     def range_of(self, start: int, end: int) -> types.Range:
         return types.Range(start=self.position_at(start), end=self.position_at(end))
+
+
+
+class Document(TextBuffer):
+    def __init__(
+        self,
+        uri: str,
+        text: str,
+        version: int = 0,
+        language_id: str | None = None,
+        encoding: str = positions.UTF16,
+    ):
+        self.uri = uri
+        self.version = version
+        self.language_id = language_id
+        self.language = syntax.language_for(uri, language_id)
+        super().__init__(positions.encode(text), encoding)
+        self.tree: Tree | None = None
+        self._parser: Parser | None = syntax.parser_for(self.language) if self.language else None
+        self._text: str | None = text
+        self._reparse(incremental=False)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = positions.decode(self.source)
+        return self._text
+
+    def snapshot(self) -> Snapshot:
+        tree = self.tree.copy() if self.tree is not None else None
+        return Snapshot(self.uri, self.version, self.language, self.source, tree, self.encoding)
 
     # -- editing ---------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class PhiServer(LanguageServer):
             progress=self._model_progress,
         )
         self.features: list[Feature] = []
+        self.index: Any = None  # IndexFeature: the workspace symbol index (set in create_server)
         self._shown: set[str] = set()
         self._startup_progress: ProgressReporter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -257,9 +258,11 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> PhiServer:
     server = PhiServer(cli_settings)
     _register_core(server)
     from .completion_feature import CompletionFeature
+    from .index_feature import IndexFeature
     from .review_feature import ReviewFeature
 
-    server.features = [CompletionFeature(server), ReviewFeature(server)]
+    server.index = IndexFeature(server)
+    server.features = [server.index, CompletionFeature(server), ReviewFeature(server)]
     for feature in server.features:
         register = getattr(feature, "register", None)
         if register is not None:
