@@ -1,0 +1,351 @@
+/**
+ * The phi-lsp VS Code extension: starts the phi-lsp language server and wires it to VS Code.
+ *
+ * vscode-languageclient does the LSP work: inline completions (ghost text, LSP 3.18
+ * textDocument/inlineCompletion, built into vscode-languageclient 10), review diagnostics
+ * pushed with source "phi-review", quick fixes (textDocument/codeAction), $/progress, and the
+ * server's own commands (phi.acceptCompletion runs when a suggestion is accepted). This file
+ * adds starting the server, settings, the status bar item and the palette commands.
+ */
+
+import * as vscode from 'vscode';
+import {
+  ExecuteCommandRequest,
+  LanguageClient,
+  LanguageClientOptions,
+  DidChangeConfigurationNotification,
+  RevealOutputChannelOn,
+  ServerOptions,
+  State,
+  TransportKind,
+} from 'vscode-languageclient/node';
+
+import { ServerCommand, ServerNotFound, describe, importsPhiLsp, resolveServerCommand, which } from './serverCommand';
+import { SettingsTracker, serverKeysFromManifest } from './settings';
+import { PhiStatus, isPhiStatus, present } from './status';
+
+const CLIENT_ID = 'phiLsp';
+const SECTION = 'phiLsp';
+const STATUS_NOTIFICATION = 'phi/status';
+const REVIEW_SOURCE = 'phi-review';
+/** The languages phi-lsp has tree-sitter grammars for (phi_lsp/syntax.py). */
+const LANGUAGES = [
+  'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact', 'go', 'rust', 'java',
+  'c', 'cpp', 'ruby', 'kotlin', 'lua', 'php', 'shellscript', 'scala', 'swift',
+];
+
+let controller: Controller | undefined;
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  controller = new Controller(context);
+  context.subscriptions.push(
+    controller,
+    vscode.commands.registerCommand('phiLsp.reviewFile', (uri?: vscode.Uri) => controller!.reviewFile(uri)),
+    vscode.commands.registerCommand('phiLsp.reviewWorkspace', () => controller!.reviewWorkspace()),
+    vscode.commands.registerCommand('phiLsp.restartServer', () => controller!.restart()),
+    vscode.commands.registerCommand('phiLsp.showOutput', () => controller!.output.show(true)),
+    vscode.commands.registerCommand('phiLsp.showStats', () => controller!.showStats()),
+    vscode.workspace.onDidChangeConfiguration((event) => controller!.configurationChanged(event)),
+  );
+  await controller.start();
+}
+
+export async function deactivate(): Promise<void> {
+  await controller?.stop();
+  controller = undefined;
+}
+
+class Controller implements vscode.Disposable {
+  readonly output: vscode.LogOutputChannel;
+  private readonly statusItem: vscode.StatusBarItem;
+  private readonly tracker: SettingsTracker;
+  private client: LanguageClient | undefined;
+  private command: ServerCommand | undefined;
+  private lifecycle: Promise<void> = Promise.resolve();
+  private pythonWatch: vscode.Disposable | undefined;
+
+  constructor(private readonly context: vscode.ExtensionContext) {
+    this.output = vscode.window.createOutputChannel('phi-lsp', { log: true });
+    this.statusItem = vscode.window.createStatusBarItem('phiLsp.status', vscode.StatusBarAlignment.Right, 100);
+    this.statusItem.name = 'phi-lsp';
+    this.statusItem.command = 'phiLsp.showOutput';
+    this.statusItem.show();
+    const keys = serverKeysFromManifest(context.extension.packageJSON);
+    this.tracker = new SettingsTracker(keys, (key) => vscode.workspace.getConfiguration(SECTION).inspect(key));
+  }
+
+  dispose(): void {
+    this.pythonWatch?.dispose();
+    this.statusItem.dispose();
+    this.output.dispose();
+  }
+
+  // -- lifecycle ----------------------------------------------------------------------------
+
+  start(): Promise<void> {
+    return this.serialize(() => this.doStart());
+  }
+
+  stop(): Promise<void> {
+    return this.serialize(() => this.doStop());
+  }
+
+  restart(): Promise<void> {
+    return this.serialize(async () => {
+      this.output.info('Restarting phi-lsp');
+      await this.doStop();
+      await this.doStart();
+    });
+  }
+
+  /** One start/stop at a time, in the order asked. */
+  private serialize(step: () => Promise<void>): Promise<void> {
+    this.lifecycle = this.lifecycle.then(step, step);
+    return this.lifecycle;
+  }
+
+  private async doStart(): Promise<void> {
+    this.showStatus({ state: 'server-starting' });
+    const server = vscode.workspace.getConfiguration(`${SECTION}.server`);
+    try {
+      this.command = await resolveServerCommand(
+        {
+          path: server.get<string | null>('path'),
+          pythonPath: server.get<string | null>('pythonPath'),
+          args: server.get<string[]>('args'),
+        },
+        {
+          which: (name) => which(name),
+          pythonExtension: () => this.pythonExtensionInterpreter(),
+          importsPhiLsp,
+          platform: process.platform,
+        },
+      );
+    } catch (error) {
+      const text = error instanceof ServerNotFound ? error.message : `phi-lsp: ${error}`;
+      this.output.error(text);
+      this.showStatus({ state: 'server-missing', message: text });
+      void vscode.window.showErrorMessage(text, 'Open Settings', 'Show Output').then((choice) => {
+        if (choice === 'Open Settings') {
+          void vscode.commands.executeCommand('workbench.action.openSettings', 'phiLsp.server');
+        } else if (choice === 'Show Output') {
+          this.output.show(true);
+        }
+      });
+      return;
+    }
+    this.output.info(`Starting ${describe(this.command)} (from ${this.command.origin})`);
+
+    const cwd = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    const serverOptions: ServerOptions = {
+      command: this.command.command,
+      args: this.command.args,
+      transport: TransportKind.stdio,
+      options: { cwd, env: process.env },
+    };
+    const client = new LanguageClient(CLIENT_ID, 'phi-lsp', serverOptions, this.clientOptions());
+    client.onDidChangeState((event) => {
+      void vscode.commands.executeCommand('setContext', 'phiLsp.running', event.newState === State.Running);
+      if (event.newState === State.Stopped && this.client === client) {
+        this.showStatus({ state: 'server-stopped', message: 'Run "phi-lsp: Restart Server" to start it again.' });
+      }
+    });
+    // Registered before start() so that the status sent right after `initialized` is seen.
+    client.onNotification(STATUS_NOTIFICATION, (params: unknown) => {
+      if (isPhiStatus(params)) {
+        this.showStatus(params);
+      } else {
+        this.output.warn(`Ignored a ${STATUS_NOTIFICATION} notification of the wrong shape: ${JSON.stringify(params)}`);
+      }
+    });
+    this.client = client;
+    try {
+      await client.start();
+    } catch (error) {
+      this.output.error(`phi-lsp failed to start: ${error}`);
+      this.showStatus({ state: 'server-stopped', message: `phi-lsp failed to start: ${error}` });
+    }
+  }
+
+  private async doStop(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    if (client === undefined) {
+      return;
+    }
+    try {
+      // The server stops a managed vLLM on shutdown; give it time.
+      await client.dispose(10_000);
+    } catch (error) {
+      this.output.warn(`phi-lsp did not stop cleanly: ${error}`);
+    }
+  }
+
+  private clientOptions(): LanguageClientOptions {
+    const documentSelector = LANGUAGES.flatMap((language) => [
+      { scheme: 'file', language },
+      { scheme: 'untitled', language },
+    ]);
+    return {
+      documentSelector,
+      outputChannel: this.output,
+      traceOutputChannel: this.output,
+      revealOutputChannelOn: RevealOutputChannelOn.Never,
+      diagnosticCollectionName: REVIEW_SOURCE,
+      // A function, so that a restart sends the settings as they are then.
+      initializationOptions: () => this.tracker.initializationOptions(),
+      middleware: {
+        // VS Code shows phi-lsp's suggestions as inline ghost text; the textDocument/completion
+        // fallback (for editors without inline completion) would only repeat them in the
+        // suggest widget.
+        provideCompletionItem: () => undefined,
+        workspace: {
+          // The server pulls section "phiLsp" when a didChangeConfiguration carries no
+          // settings: answer with what we would push (no extension-only keys, no defaults).
+          configuration: async (params, token, next) => {
+            if (params.items.every((item) => item.section === SECTION)) {
+              return params.items.map(() => this.tracker.changed());
+            }
+            return next(params, token);
+          },
+        },
+      },
+    };
+  }
+
+  // -- settings -----------------------------------------------------------------------------
+
+  configurationChanged(event: vscode.ConfigurationChangeEvent): void {
+    if (!event.affectsConfiguration(SECTION)) {
+      return;
+    }
+    if (event.affectsConfiguration(`${SECTION}.server`)) {
+      this.output.info('phiLsp.server settings changed; restarting the server');
+      void this.restart();
+      return;
+    }
+    const client = this.client;
+    if (client?.state === State.Running) {
+      void client
+        .sendNotification(DidChangeConfigurationNotification.type, { settings: this.tracker.changed() })
+        .catch((error) => this.output.warn(`Could not send the changed settings: ${error}`));
+    }
+  }
+
+  /** The Python extension's interpreter for this workspace (ms-python.python, optional). */
+  private async pythonExtensionInterpreter(): Promise<string | undefined> {
+    const extension = vscode.extensions.getExtension<any>('ms-python.python');
+    if (!extension) {
+      return undefined;
+    }
+    const lookup = async (): Promise<string | undefined> => {
+      const api = extension.isActive ? extension.exports : await extension.activate();
+      await api?.ready;
+      const resource = vscode.workspace.workspaceFolders?.[0]?.uri;
+      const environments = api?.environments;
+      if (environments?.getActiveEnvironmentPath) {
+        this.watchPythonInterpreter(environments);
+        const resolved = await environments.resolveEnvironment(environments.getActiveEnvironmentPath(resource));
+        const executable: string | undefined = resolved?.executable?.uri?.fsPath;
+        if (executable) {
+          return executable;
+        }
+      }
+      // Older versions of the Python extension.
+      return api?.settings?.getExecutionDetails?.(resource)?.execCommand?.[0];
+    };
+    const timeout = new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 15_000));
+    try {
+      return await Promise.race([lookup(), timeout]);
+    } catch (error) {
+      this.output.warn(`Could not ask the Python extension for its interpreter: ${error}`);
+      return undefined;
+    }
+  }
+
+  private watchPythonInterpreter(environments: any): void {
+    if (this.pythonWatch || typeof environments.onDidChangeActiveEnvironmentPath !== 'function') {
+      return;
+    }
+    this.pythonWatch = environments.onDidChangeActiveEnvironmentPath(() => {
+      if (this.command?.origin === "the Python extension's selected interpreter") {
+        this.output.info('The selected Python interpreter changed; restarting the server');
+        void this.restart();
+      }
+    });
+  }
+
+  // -- commands -----------------------------------------------------------------------------
+
+  private runningClient(): LanguageClient | undefined {
+    if (this.client?.state === State.Running) {
+      return this.client;
+    }
+    void vscode.window.showErrorMessage('phi-lsp is not running.', 'Restart Server', 'Show Output').then((choice) => {
+      if (choice === 'Restart Server') {
+        void this.restart();
+      } else if (choice === 'Show Output') {
+        this.output.show(true);
+      }
+    });
+    return undefined;
+  }
+
+  async reviewFile(uri?: vscode.Uri): Promise<void> {
+    const target = uri ?? vscode.window.activeTextEditor?.document.uri;
+    if (!target) {
+      void vscode.window.showInformationMessage('phi-lsp: open a file to review it.');
+      return;
+    }
+    const client = this.runningClient();
+    if (!client) {
+      return;
+    }
+    const name = vscode.workspace.asRelativePath(target);
+    await vscode.window.withProgress(
+      { location: vscode.ProgressLocation.Window, title: `phi-lsp: reviewing ${name}` },
+      () => this.execute(client, 'phi.review', [client.code2ProtocolConverter.asUri(target)]),
+    );
+    const findings = vscode.languages.getDiagnostics(target).filter((d) => d.source === REVIEW_SOURCE).length;
+    vscode.window.setStatusBarMessage(`phi-lsp: ${findings} finding${findings === 1 ? '' : 's'} in ${name}`, 5_000);
+  }
+
+  async reviewWorkspace(): Promise<void> {
+    const client = this.runningClient();
+    if (client) {
+      // The server reports progress ($/progress, cancellable) while it works.
+      await this.execute(client, 'phi.reviewWorkspace', []);
+    }
+  }
+
+  async showStats(): Promise<void> {
+    const client = this.runningClient();
+    if (!client) {
+      return;
+    }
+    const stats = await this.execute(client, 'phi.stats', []);
+    if (stats !== undefined) {
+      const document = await vscode.workspace.openTextDocument({ language: 'json', content: JSON.stringify(stats, null, 2) });
+      await vscode.window.showTextDocument(document, { preview: true });
+    }
+  }
+
+  private async execute(client: LanguageClient, command: string, args: unknown[]): Promise<unknown> {
+    try {
+      return await client.sendRequest(ExecuteCommandRequest.type, { command, arguments: args });
+    } catch (error) {
+      this.output.error(`${command} failed: ${error}`);
+      void vscode.window.showErrorMessage(`phi-lsp: ${command} failed: ${error}`);
+      return undefined;
+    }
+  }
+
+  // -- status bar ---------------------------------------------------------------------------
+
+  private showStatus(status: PhiStatus): void {
+    const look = present(status);
+    this.statusItem.text = look.text;
+    this.statusItem.tooltip = look.tooltip;
+    this.statusItem.backgroundColor = look.background ? new vscode.ThemeColor(look.background) : undefined;
+  }
+}

@@ -1,0 +1,145 @@
+// Unit tests of the extension's plain-Node parts (run after `npm run compile`): `npm test`.
+'use strict';
+
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { describe, it } = require('node:test');
+
+const { resolveServerCommand, which, ServerNotFound } = require('../out/serverCommand');
+const { SettingsTracker, serverKeysFromManifest, explicitValue, isServerKey } = require('../out/settings');
+const { present, isPhiStatus } = require('../out/status');
+
+const manifest = require('../package.json');
+
+function probe(overrides = {}) {
+  return {
+    which: () => undefined,
+    pythonExtension: async () => undefined,
+    importsPhiLsp: async () => false,
+    platform: 'linux',
+    ...overrides,
+  };
+}
+
+describe('server command discovery', () => {
+  it('uses phiLsp.server.path first, with the extra args', async () => {
+    const found = await resolveServerCommand(
+      { path: '/opt/phi/bin/phi-lsp', pythonPath: '/usr/bin/python3', args: ['--config', 'x.toml'] },
+      probe({ which: () => '/usr/bin/phi-lsp' }),
+    );
+    assert.deepEqual([found.command, found.args], ['/opt/phi/bin/phi-lsp', ['--config', 'x.toml']]);
+  });
+
+  it('then phiLsp.server.pythonPath with -m phi_lsp', async () => {
+    const found = await resolveServerCommand({ path: '  ', pythonPath: '/venv/bin/python' }, probe({ which: () => '/usr/bin/phi-lsp' }));
+    assert.deepEqual([found.command, found.args], ['/venv/bin/python', ['-m', 'phi_lsp']]);
+  });
+
+  it('then phi-lsp on PATH', async () => {
+    const found = await resolveServerCommand({}, probe({ which: (name) => (name === 'phi-lsp' ? '/usr/local/bin/phi-lsp' : undefined) }));
+    assert.deepEqual([found.command, found.args], ['/usr/local/bin/phi-lsp', []]);
+  });
+
+  it("then the Python extension's interpreter, when phi_lsp imports there", async () => {
+    const found = await resolveServerCommand(
+      {},
+      probe({ pythonExtension: async () => '/ws/.venv/bin/python', importsPhiLsp: async (py) => py === '/ws/.venv/bin/python' }),
+    );
+    assert.deepEqual([found.command, found.args], ['/ws/.venv/bin/python', ['-m', 'phi_lsp']]);
+  });
+
+  it('then python3 (python on Windows)', async () => {
+    const found = await resolveServerCommand(
+      {},
+      probe({ pythonExtension: async () => '/no/phi/python', importsPhiLsp: async (py) => py === 'python3' }),
+    );
+    assert.deepEqual([found.command, found.args], ['python3', ['-m', 'phi_lsp']]);
+    const windows = await resolveServerCommand({}, probe({ platform: 'win32', importsPhiLsp: async (py) => py === 'python' }));
+    assert.equal(windows.command, 'python');
+  });
+
+  it('says what it tried when nothing has phi-lsp', async () => {
+    await assert.rejects(
+      resolveServerCommand({}, probe({ pythonExtension: async () => { throw new Error('no api'); } })),
+      (error) => error instanceof ServerNotFound && /phi-lsp on PATH/.test(error.message) && /python3 has no phi_lsp/.test(error.message),
+    );
+  });
+
+  it('which() finds executables only', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'phi-which-'));
+    fs.writeFileSync(path.join(dir, 'phi-lsp'), '#!/bin/sh\n', { mode: 0o755 });
+    fs.writeFileSync(path.join(dir, 'not-exec'), '', { mode: 0o644 });
+    const env = { PATH: ['/nonexistent', dir].join(path.delimiter) };
+    assert.equal(which('phi-lsp', env, 'linux'), path.join(dir, 'phi-lsp'));
+    assert.equal(which('not-exec', env, 'linux'), undefined);
+    assert.equal(which('missing', env, 'linux'), undefined);
+  });
+});
+
+describe('settings sent to the server', () => {
+  const keys = serverKeysFromManifest(manifest);
+
+  it('are the manifest phiLsp.* keys minus the extension-only ones', () => {
+    assert.ok(keys.has('backend.url'));
+    assert.ok(keys.has('completion.debounceMs'));
+    assert.ok(![...keys.keys()].some((key) => key.startsWith('server.') || key.startsWith('trace.')));
+    assert.equal(isServerKey('server.path'), false);
+    assert.equal(keys.get('completion.debounceMs'), 60);
+  });
+
+  it('take the most specific scope the user set', () => {
+    assert.equal(explicitValue({ globalValue: 1, workspaceValue: 2 }), 2);
+    assert.equal(explicitValue({ globalValue: 1, workspaceValue: 2, workspaceFolderValue: 3 }), 3);
+    assert.equal(explicitValue({ globalValue: null }), null);
+    assert.equal(explicitValue({}), undefined);
+    assert.equal(explicitValue(undefined), undefined);
+  });
+
+  it('send only explicit values, nested, and undo removed ones with the default', () => {
+    const user = new Map([
+      ['backend.url', { globalValue: 'http://gpu:8000/v1' }],
+      ['completion.debounceMs', { workspaceValue: 0 }],
+      ['server.path', { globalValue: '/x/phi-lsp' }],
+    ]);
+    const tracker = new SettingsTracker(keys, (key) => user.get(key));
+    assert.deepEqual(tracker.initializationOptions(), {
+      backend: { url: 'http://gpu:8000/v1' },
+      completion: { debounceMs: 0 },
+    });
+    user.delete('completion.debounceMs');
+    user.set('review.onSave', { globalValue: false });
+    assert.deepEqual(tracker.changed(), {
+      backend: { url: 'http://gpu:8000/v1' },
+      completion: { debounceMs: 60 },
+      review: { onSave: false },
+    });
+  });
+
+  it('send nothing when the user set nothing (pyproject.toml and the demo-model fallback stay in charge)', () => {
+    const tracker = new SettingsTracker(keys, () => ({}));
+    assert.deepEqual(tracker.initializationOptions(), {});
+    assert.deepEqual(tracker.changed(), {});
+  });
+});
+
+describe('status bar', () => {
+  it('says ready, busy, unreachable in words', () => {
+    assert.match(present({ state: 'ready', model: 'phi-code-tiny', url: 'http://h/v1' }).text, /Phi: ready/);
+    assert.match(present({ state: 'busy' }).text, /Phi: busy/);
+    const down = present({ state: 'unreachable', message: 'connection refused', url: 'http://h/v1' });
+    assert.match(down.text, /unreachable/);
+    assert.equal(down.background, 'statusBarItem.warningBackground');
+    assert.match(down.tooltip, /connection refused/);
+    assert.match(down.tooltip, /http:\/\/h\/v1/);
+    assert.match(present({ state: 'something-new' }).text, /something-new/);
+  });
+
+  it('checks the phi/status shape', () => {
+    assert.ok(isPhiStatus({ state: 'ready', message: '', model: 'm', url: 'u' }));
+    assert.ok(!isPhiStatus({ state: 3 }));
+    assert.ok(!isPhiStatus(null));
+    assert.ok(!isPhiStatus({ state: 'ready', model: 5 }));
+  });
+});
