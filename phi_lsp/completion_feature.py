@@ -1,7 +1,238 @@
-"""Inline completion feature (wired in the completion issue)."""
+"""LSP wiring of the completion pipeline: `textDocument/inlineCompletion` (LSP 3.18),
+`textDocument/completion` for clients without inline completion, and the accept/reject commands.
+
+The pipeline itself (context, prompts, scheduling, post-processing) lives in the `completion`
+package and sees snapshots and byte offsets only. Here: positions in the negotiated encoding,
+superseding (a newer request for a document cancels the older one), and the rule that a
+suggestion computed for one version of a document is never delivered for another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+
+from completion.context import Snippet
+from completion.service import AUTO, INVOKED, CompletionService, Model, Request
 
 from .feature import Feature
+from .syntax import path_of
+
+log = logging.getLogger(__name__)
+
+RECENT_FILES = 3
+RECENT_WINDOW_S = 600
+RECENT_LINES = 6  # each side of the last edit
+MAX_SHOWN = 500
 
 
 class CompletionFeature(Feature):
-    pass
+    def __init__(self, server):
+        super().__init__(server)
+        self.service = CompletionService(
+            model=self._model,
+            settings=lambda: server.settings.completion,
+            index=server.index.index if server.index is not None else None,
+            recent=self._recent_snippets,
+            clean=server.privacy.clean,
+            display=self.display_path,
+        )
+        self._edits: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._latest: dict[str, asyncio.Task] = {}
+        self._shown: OrderedDict[str, dict] = OrderedDict()
+        self.counts = {"shown": 0, "accepted": 0, "partiallyAccepted": 0, "rejected": 0, "stale": 0}
+        self.on_feedback = lambda event, info: None  # the feedback store hooks in here
+
+    def register(self) -> None:
+        server = self.server
+
+        @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+        async def inline_completion(ls, params: types.InlineCompletionParams):
+            return await self.inline_completion(params)
+
+        @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
+        async def completion(ls, params: types.CompletionParams):
+            return await self.completion(params)
+
+        @server.command("phi.acceptCompletion")
+        def accept(ls, *args):
+            return self.record("accepted", args)
+
+        @server.command("phi.rejectCompletion")
+        def reject(ls, *args):
+            return self.record("rejected", args)
+
+        @server.command("phi.debug.lastPrompt")
+        def last_prompt(ls, *args):
+            return self.service.last_prompt
+
+    # -- model access ----------------------------------------------------------------------
+
+    def _model(self) -> Model | None:
+        service = self.server.service
+        backend = service.backend_or_none()
+        if backend is None or service.batcher is None:
+            return None
+        return Model(backend, service.batcher, service.model_for("completion"), service.token_counter("completion"))
+
+    def display_path(self, path: str) -> str:
+        candidate = Path(path)
+        for root in self.server.workspace_roots:
+            try:
+                return candidate.relative_to(root).as_posix()
+            except ValueError:
+                continue
+        return candidate.name or path
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
+        trigger = INVOKED if params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked else AUTO
+        result = await self._suggest(params.text_document.uri, params.position, trigger)
+        if result is None:
+            return types.InlineCompletionList(items=[])
+        _, suggestions = result
+        here = types.Range(start=params.position, end=params.position)
+        return types.InlineCompletionList(
+            items=[
+                types.InlineCompletionItem(insert_text=s.text, range=here, command=_accept_command(s.id))
+                for s in suggestions
+            ]
+        )
+
+    async def completion(self, params: types.CompletionParams) -> types.CompletionList | None:
+        trigger = AUTO
+        if params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked:
+            trigger = INVOKED
+        result = await self._suggest(params.text_document.uri, params.position, trigger)
+        if result is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        document, suggestions = result
+        # Replace the word being typed, so clients that filter by it keep the item.
+        line = document.line_bytes(params.position.line)
+        cursor_col = document.offset_at(params.position) - (document.offset_at(types.Position(params.position.line, 0)))
+        word = re.search(rb"[A-Za-z0-9_]*$", line[:cursor_col]).group(0).decode()
+        start = document.position_at(document.offset_at(params.position) - len(word))
+        items = []
+        for index, s in enumerate(suggestions):
+            full = word + s.text
+            first_line = full.split("\n", 1)[0]
+            items.append(
+                types.CompletionItem(
+                    label=(first_line if len(first_line) <= 80 else first_line[:77] + "...") or s.text.strip()[:80],
+                    kind=types.CompletionItemKind.Text,
+                    detail="phi-lsp",
+                    documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```{document.language or ''}\n{full}\n```"),
+                    filter_text=full,
+                    sort_text=f"0{index}",
+                    preselect=index == 0,
+                    insert_text_format=types.InsertTextFormat.PlainText,
+                    text_edit=types.TextEdit(range=types.Range(start=start, end=params.position), new_text=full),
+                    command=_accept_command(s.id),
+                )
+            )
+        return types.CompletionList(is_incomplete=True, items=items)
+
+    async def _suggest(self, uri: str, position: types.Position, trigger: str):
+        document = self.server.documents.get(uri)
+        if document is None:
+            raise JsonRpcInvalidParams(f"{uri} is not open (send textDocument/didOpen first)")
+        if not self.server.settings.completion.enabled or self.server.privacy.is_excluded(uri):
+            return None
+        # A newer request for the same document supersedes this one.
+        previous = self._latest.get(uri)
+        if previous is not None and not previous.done():
+            previous.cancel()
+        me = asyncio.current_task()
+        if me is not None:
+            self._latest[uri] = me
+        snapshot = document.snapshot()
+        path = path_of(uri)
+        request = Request(uri, snapshot, document.offset_at(position), trigger, path, self.display_path(path))
+        result = await self.service.suggest(request)
+        current = self.server.documents.get(uri)
+        if current is None or current.version != snapshot.version:
+            self.counts["stale"] += 1  # never deliver a suggestion for a position that moved on
+            return None
+        for s in result.suggestions:
+            self._remember(s.id, uri, s.text, trigger, result.served_from)
+        return current, result.suggestions
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def _remember(self, suggestion_id: str, uri: str, text: str, trigger: str, served_from: str) -> None:
+        self.counts["shown"] += 1
+        self._shown[suggestion_id] = {"uri": uri, "text": text, "trigger": trigger, "servedFrom": served_from, "at": time.time()}
+        while len(self._shown) > MAX_SHOWN:
+            self._shown.popitem(last=False)
+        self.on_feedback("shown", {"id": suggestion_id, **self._shown[suggestion_id]})
+
+    def record(self, event: str, args: tuple) -> dict:
+        payload = args[0] if args and isinstance(args[0], dict) else {}
+        suggestion_id = str(payload.get("id", ""))
+        shown = self._shown.get(suggestion_id)
+        if event == "accepted" and shown is not None:
+            accepted_chars = payload.get("acceptedChars")
+            if isinstance(accepted_chars, int) and 0 <= accepted_chars < len(shown["text"]):
+                event = "partiallyAccepted"
+        self.counts[event] += 1
+        self.on_feedback(event, {"id": suggestion_id, **(shown or {}), **payload})
+        return {"recorded": event, "known": shown is not None}
+
+    # -- document hooks --------------------------------------------------------------------
+
+    def document_changed(self, document, params: types.DidChangeTextDocumentParams) -> None:
+        self.service.note_keystroke(document.uri)
+        last = params.content_changes[-1] if params.content_changes else None
+        line = last.range.start.line if isinstance(last, types.TextDocumentContentChangePartial) else 0
+        self._edits[document.uri] = (line, time.monotonic())
+        self._edits.move_to_end(document.uri)
+
+    def document_closed(self, uri: str) -> None:
+        self.service.forget(uri)
+        self._edits.pop(uri, None)
+        task = self._latest.pop(uri, None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    def _recent_snippets(self, uri: str) -> list[Snippet]:
+        """Lines around the latest edit of the most recently edited other open files."""
+        snippets = []
+        now = time.monotonic()
+        for other, (line, at) in reversed(self._edits.items()):
+            if other == uri or now - at > RECENT_WINDOW_S or self.server.privacy.is_excluded(other):
+                continue
+            document = self.server.documents.get(other)
+            if document is None:
+                continue
+            first = max(0, line - RECENT_LINES)
+            lines = [document.line_bytes(n).decode("utf-8", "replace") for n in range(first, min(document.line_count(), line + RECENT_LINES + 1))]
+            text = "\n".join(lines).strip("\n")
+            if text.strip():
+                snippets.append(Snippet(self.display_path(path_of(other)), text, "recent"))
+            if len(snippets) >= RECENT_FILES:
+                break
+        return snippets
+
+    def stats(self) -> dict:
+        return {
+            "completion": {
+                **self.service.stats.as_json(),
+                **self.counts,
+                "cache": {"hits": self.service.cache.hits, "misses": self.service.cache.misses},
+            }
+        }
+
+    async def shutdown(self) -> None:
+        await self.service.aclose()
+
+
+def _accept_command(suggestion_id: str) -> types.Command:
+    return types.Command(title="phi-lsp: accept suggestion", command="phi.acceptCompletion", arguments=[{"id": suggestion_id}])

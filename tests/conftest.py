@@ -9,15 +9,16 @@ tests at an already running server (handy while developing).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 import pytest_lsp
 from lsprotocol import types
-from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities, make_test_lsp_client
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODEL = ROOT.parent / "shared" / "models" / "phi-code-tiny"
@@ -27,6 +28,21 @@ REQUIRE_VLLM = os.environ.get("PHI_LSP_REQUIRE_VLLM") == "1"
 # A port nothing listens on: a backend that is down.
 DEAD_BACKEND = "http://127.0.0.1:9/v1"
 SERVER_COMMAND = [sys.executable, "-m", "phi_lsp"]
+
+
+def make_client() -> LanguageClient:
+    """pytest-lsp's client, also keeping the server's phi/status notifications."""
+    client = make_test_lsp_client()
+    client.statuses = []
+
+    @client.feature("phi/status")
+    def status(ls, params):
+        ls.statuses.append(params)
+
+    return client
+
+
+CONFIG = ClientServerConfig(server_command=SERVER_COMMAND, client_factory=make_client)
 
 
 def model_dir() -> Path | None:
@@ -42,8 +58,26 @@ def _unavailable(reason: str):
     pytest.skip(f"needs a real vLLM server: {reason}")
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def vllm_url():
+class _LoopThread:
+    """An event loop on its own thread, so a session-long server does not depend on the loop
+    pytest-asyncio gives each test (pytest-lsp fixtures resolve their dependencies while a
+    loop is already running)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout=None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def vllm_url():
     """Base URL (…/v1) of a real vLLM serving phi-code-tiny for the whole test session."""
     if os.environ.get("PHI_LSP_TEST_VLLM_URL"):
         yield os.environ["PHI_LSP_TEST_VLLM_URL"].rstrip("/")
@@ -57,12 +91,15 @@ async def vllm_url():
     if model is None:
         _unavailable(f"the test model is missing (looked in {SHARED_MODEL} and {BUNDLED_MODEL})")
     server = ManagedVllm(ModelChoice(str(model), MODEL_NAME), max_model_len=2048, start_timeout_s=600)
+    runner = _LoopThread()
     try:
-        url = await server.start()
+        url = runner.run(server.start())
     except ManagedVllmError as exc:
+        runner.close()
         _unavailable(f"vLLM failed to start: {exc}")
     yield url
-    await server.stop()
+    runner.run(server.stop(), timeout=60)
+    runner.close()
 
 
 def capabilities(profile: str, encoding: str | None = None) -> types.ClientCapabilities:
@@ -97,7 +134,7 @@ async def initialize(client: LanguageClient, workspace: Path, options: dict, pro
     )
 
 
-@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER_COMMAND))
+@pytest_lsp.fixture(config=CONFIG)
 async def client(lsp_client: LanguageClient, tmp_path):
     """A client whose backend is down: everything that needs no model must still work."""
     await initialize(lsp_client, tmp_path, settings(DEAD_BACKEND))
@@ -106,7 +143,7 @@ async def client(lsp_client: LanguageClient, tmp_path):
 
 
 @pytest_lsp.fixture(
-    config=ClientServerConfig(server_command=SERVER_COMMAND),
+    config=CONFIG,
     params=[("visual_studio_code", "utf-16"), ("neovim", "utf-8"), ("neovim", "utf-32")],
     ids=["vscode-utf16", "neovim-utf8", "neovim-utf32"],
 )

@@ -1,0 +1,343 @@
+"""What the model sees for one completion, chosen with tree-sitter and the workspace, within a
+token budget.
+
+Sources, each of which can be switched off (the quality evaluation measures them one by one):
+- prefix (always) and suffix windows around the cursor, cut at line boundaries; the prefix
+  window starts on a multiple of WINDOW_STEP lines so it stays put while the user types in one
+  region, which keeps the prompt's start stable for vLLM's prefix cache;
+- `imports`: the file's import statements when they fall outside the window;
+- `scopes`: the headers of the enclosing functions/classes when they fall outside the window;
+- `symbols`: signatures of names used near the cursor that are defined in other workspace files;
+- `recent`: snippets around the latest edits in other open files.
+
+Budget shares are soft: what one source leaves unused goes to the prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tree_sitter import Node
+
+from phi_lsp import positions, syntax
+from phi_lsp.documents import Snapshot
+from phi_lsp.symbols import Definition, SymbolIndex
+from phi_lsp.tokens import TokenCounter
+
+WINDOW_STEP = 16  # lines; the prefix window's start snaps to a multiple of this
+NEAR_CURSOR_BYTES = 1200  # where to look for names whose definitions may help
+MAX_DEFINITIONS = 12
+SHARES = {"suffix": 0.15, "imports": 0.10, "scopes": 0.05, "symbols": 0.20, "recent": 0.15}
+_IDENTIFIER_TYPES = {
+    "identifier", "type_identifier", "field_identifier", "property_identifier",
+    "constant", "simple_identifier", "shorthand_property_identifier",
+}
+_KEYWORDS = set(
+    "self cls None True False return def class if else elif for while in is not and or import "
+    "from as with try except finally raise pass break continue lambda yield await async this "
+    "new null true false var let const function func fn struct impl pub use mod int str float "
+    "bool list dict set tuple len range print super object type".split()
+)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Which context sources to use (all on by default; the evaluation turns them off)."""
+
+    suffix: bool = True
+    imports: bool = True
+    scopes: bool = True
+    symbols: bool = True
+    recent: bool = True
+
+    @classmethod
+    def only_prefix(cls) -> "Sources":
+        return cls(False, False, False, False, False)
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """Text from another file, shown before the current file."""
+
+    path: str
+    text: str
+    kind: str  # "definitions" | "recent"
+
+
+@dataclass
+class CompletionContext:
+    path: str  # the current file, as shown to the model (workspace-relative)
+    language: str | None
+    prefix: str  # the window before the cursor (starts at a line start)
+    suffix: str  # the window after the cursor
+    preamble: list[str]  # imports and scope headers outside the window, in file order
+    snippets: list[Snippet]
+    line_prefix: str  # the cursor's line, up to the cursor
+    line_suffix: str  # the cursor's line, after the cursor
+    window_start_line: int
+    sources_used: list[str] = field(default_factory=list)
+    definitions: list[Definition] = field(default_factory=list)
+    tokens: int = 0
+
+    @property
+    def comment(self) -> str:
+        return syntax.spec_for(self.language).comment
+
+
+def _decode(data: bytes) -> str:
+    return positions.decode(data)
+
+
+def build_context(
+    snapshot: Snapshot,
+    cursor: int,
+    budget: int,
+    counter: TokenCounter,
+    display_path: str,
+    index: SymbolIndex | None = None,
+    file_path: str | None = None,
+    recent: list[Snippet] | None = None,
+    sources: Sources = Sources(),
+    display: Callable[[str], str] = lambda path: path,
+) -> CompletionContext:
+    """The context for a completion at byte offset `cursor` of `snapshot`."""
+    source = snapshot.source
+    cursor = max(0, min(cursor, len(source)))
+    line_start = source.rfind(b"\n", 0, cursor) + 1
+    line_end = source.find(b"\n", cursor)
+    line_end = len(source) if line_end < 0 else line_end
+    line_prefix = _decode(source[line_start:cursor])
+    line_suffix = _decode(source[cursor:line_end]).rstrip("\r")
+
+    remaining = budget
+    used: list[str] = ["prefix"]
+    # Reserve the other sources' shares first; the prefix takes the rest.
+    suffix = ""
+    if sources.suffix:
+        suffix = _suffix_window(source, cursor, int(budget * SHARES["suffix"]), counter)
+        remaining -= counter.count(suffix)
+        if suffix.strip():
+            used.append("suffix")
+
+    snippets: list[Snippet] = []
+    definitions: list[Definition] = []
+    if sources.symbols and index is not None and snapshot.tree is not None:
+        definitions = _definitions_near(snapshot, cursor, index, file_path)
+        text_by_file = _render_definitions(definitions, snapshot.language, display)
+        share = int(budget * SHARES["symbols"])
+        for path, text in text_by_file:
+            cost = counter.count(text) + 8
+            if cost > share:
+                continue
+            share -= cost
+            remaining -= cost
+            snippets.append(Snippet(path, text, "definitions"))
+        if snippets:
+            used.append("symbols")
+    if sources.recent and recent:
+        share = int(budget * SHARES["recent"])
+        for snippet in recent:
+            cost = counter.count(snippet.text) + 8
+            if cost > share:
+                continue
+            share -= cost
+            remaining -= cost
+            snippets.append(snippet)
+            if "recent" not in used:
+                used.append("recent")
+
+    prefix_bytes_start = _prefix_window(source, line_start, cursor, max(remaining, 32), counter)
+    window_start_line = source.count(b"\n", 0, prefix_bytes_start)
+    prefix = _decode(source[prefix_bytes_start:cursor])
+    remaining -= counter.count(prefix)
+
+    preamble: list[str] = []
+    if prefix_bytes_start > 0 and snapshot.tree is not None:
+        spec = syntax.spec_for(snapshot.language)
+        if sources.imports:
+            imports = _imports_before(snapshot.tree.root_node, source, spec.imports, prefix_bytes_start)
+            imports, remaining = _fit(imports, remaining, int(budget * SHARES["imports"]), counter)
+            if imports:
+                preamble += imports
+                used.append("imports")
+        if sources.scopes:
+            headers = _scope_headers(snapshot, cursor, prefix_bytes_start)
+            headers, remaining = _fit(headers, remaining, int(budget * SHARES["scopes"]), counter)
+            if headers:
+                preamble += headers
+                used.append("scopes")
+
+    context = CompletionContext(
+        path=display_path,
+        language=snapshot.language,
+        prefix=prefix,
+        suffix=suffix,
+        preamble=preamble,
+        snippets=snippets,
+        line_prefix=line_prefix,
+        line_suffix=line_suffix,
+        window_start_line=window_start_line,
+        sources_used=used,
+        definitions=definitions,
+    )
+    context.tokens = budget - remaining
+    return context
+
+
+def _fit(items: list[str], remaining: int, share: int, counter: TokenCounter) -> tuple[list[str], int]:
+    kept = []
+    for item in items:
+        cost = counter.count(item) + 1
+        if cost > share or cost > remaining:
+            break
+        share -= cost
+        remaining -= cost
+        kept.append(item)
+    return kept, remaining
+
+
+def _prefix_window(source: bytes, line_start: int, cursor: int, budget: int, counter: TokenCounter) -> int:
+    """Byte offset where the prefix window starts: a line start, snapped to WINDOW_STEP lines."""
+    if counter.count(_decode(source[:cursor])) <= budget:
+        return 0
+    # Estimate how far back the budget reaches, then snap forward to a stable line.
+    estimate = int(budget * 3.0)
+    start = source.rfind(b"\n", 0, max(0, cursor - estimate)) + 1
+    cursor_line = source.count(b"\n", 0, cursor)
+    start_line = source.count(b"\n", 0, start)
+    snapped_line = min(-(-start_line // WINDOW_STEP) * WINDOW_STEP, cursor_line)
+    start = _line_offset(source, snapped_line, start)
+    while start < line_start and counter.count(_decode(source[start:cursor])) > budget:
+        # Too long still (long lines): move forward one step of lines.
+        target = source.count(b"\n", 0, start) + WINDOW_STEP
+        start = min(_line_offset(source, min(target, cursor_line), start), line_start)
+    if start == line_start and counter.count(_decode(source[start:cursor])) > budget:
+        # One enormous line (minified code): keep its tail only.
+        start = max(line_start, cursor - budget * 3)
+    return start
+
+
+def _line_offset(source: bytes, line: int, hint: int) -> int:
+    """Byte offset of tree-sitter row `line`, searching from `hint` (a line start)."""
+    current = source.count(b"\n", 0, hint)
+    offset = hint
+    while current < line:
+        nxt = source.find(b"\n", offset)
+        if nxt < 0:
+            break
+        offset = nxt + 1
+        current += 1
+    return offset
+
+
+def _suffix_window(source: bytes, cursor: int, budget: int, counter: TokenCounter) -> str:
+    end = min(len(source), cursor + budget * 3)
+    if end < len(source):
+        end = source.rfind(b"\n", cursor, end) + 1 or end
+    text = _decode(source[cursor:end])
+    while text and counter.count(text) > budget:
+        text = text[: max(0, text.rfind("\n", 0, len(text) - 1) + 1)] if "\n" in text[:-1] else ""
+    return text
+
+
+def _imports_before(root: Node, source: bytes, types: frozenset[str], before: int) -> list[str]:
+    found = []
+    for child in root.named_children:
+        if child.start_byte >= before:
+            break
+        if child.type in types:
+            found.append(_decode(source[child.start_byte : child.end_byte]))
+    return found
+
+
+def _scope_headers(snapshot: Snapshot, cursor: int, before: int) -> list[str]:
+    """Headers (with their indentation) of enclosing definitions that start before `before`."""
+    spec = syntax.spec_for(snapshot.language)
+    node = snapshot.tree.root_node.named_descendant_for_byte_range(max(0, cursor - 1), cursor)
+    scopes = syntax.enclosing(node, spec.functions | spec.classes)
+    headers = []
+    source = snapshot.source
+    for scope in reversed(scopes):  # outermost first
+        if scope.start_byte >= before:
+            continue
+        line_start = source.rfind(b"\n", 0, scope.start_byte) + 1
+        body = scope.child_by_field_name("body")
+        end = body.start_byte if body is not None and body.start_byte > scope.start_byte else None
+        if end is None:
+            end = source.find(b"\n", scope.start_byte)
+            end = scope.end_byte if end < 0 else end
+        headers.append(_decode(source[line_start:end]).rstrip())
+    return headers
+
+
+def names_near(snapshot: Snapshot, cursor: int) -> list[str]:
+    """Identifiers just before the cursor (nearest first), without keywords and duplicates."""
+    root = snapshot.tree.root_node
+    start = max(0, cursor - NEAR_CURSOR_BYTES)
+    names: list[str] = []
+    seen: set[str] = set()
+    stack = [root.named_descendant_for_byte_range(start, cursor) or root]
+    found: list[tuple[int, str]] = []
+    while stack:
+        node = stack.pop()
+        if node.end_byte < start or node.start_byte > cursor:
+            continue
+        if node.type in _IDENTIFIER_TYPES and node.start_byte >= start:
+            found.append((node.start_byte, snapshot.source[node.start_byte : node.end_byte].decode("utf-8", "replace")))
+        stack.extend(node.named_children)
+    if not found and root.start_byte <= start:
+        # The window is inside one big node (or text failed to parse): fall back to a regex.
+        text = _decode(snapshot.source[start:cursor])
+        found = [(m.start(), m.group(0)) for m in re.finditer(r"[A-Za-z_][A-Za-z0-9_]*", text)]
+    for _, name in sorted(found, reverse=True):
+        if name not in seen and name not in _KEYWORDS and len(name) > 1:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def _definitions_near(snapshot: Snapshot, cursor: int, index: SymbolIndex, file_path: str | None) -> list[Definition]:
+    chosen: list[Definition] = []
+    seen: set[tuple[str, int]] = set()
+    for name in names_near(snapshot, cursor):
+        defs = index.lookup(name, exclude_path=file_path)
+        for d in defs[:2]:
+            key = (d.path, d.line)
+            if key not in seen:
+                seen.add(key)
+                chosen.append(d)
+                if d.kind == "class":  # its methods are what `obj.` completes
+                    for member in index.members(d.name, exclude_path=file_path)[:6]:
+                        if (member.path, member.line) not in seen and member.path == d.path:
+                            seen.add((member.path, member.line))
+                            chosen.append(member)
+        if len(chosen) >= MAX_DEFINITIONS:
+            break
+    return chosen[:MAX_DEFINITIONS]
+
+
+def _render_definitions(
+    definitions: list[Definition], language: str | None, display: Callable[[str], str]
+) -> list[tuple[str, str]]:
+    """Definitions grouped by file as stub text, files in a stable order (prefix cache)."""
+    by_file: dict[str, list[Definition]] = {}
+    for d in definitions:
+        by_file.setdefault(d.path, []).append(d)
+    rendered = []
+    for path in sorted(by_file):
+        lines = []
+        for d in sorted(by_file[path], key=lambda d: d.line):
+            lines.append(_stub(d, language))
+        rendered.append((display(path), "\n".join(lines)))
+    return rendered
+
+
+def _stub(d: Definition, language: str | None) -> str:
+    indent = "    " if d.container else ""
+    if language == "python":
+        doc = f'\n{indent}    """{d.doc}"""' if d.doc else ""
+        body = f"{doc}\n{indent}    ..." if d.kind != "class" else doc
+        return f"{indent}{d.signature}{body}"
+    return f"{indent}{d.signature} {{ ... }}" if d.kind != "class" else f"{indent}{d.signature}"

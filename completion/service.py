@@ -1,0 +1,420 @@
+"""The completion scheduler: from "the user is at this position" to suggestions, spending as few
+model calls as it can.
+
+- typed-through: a suggestion on screen that the user keeps typing is served from the cache;
+- adaptive debounce for automatic triggers: wait a little longer than the user's typing rhythm,
+  so no request is sent in the middle of a word;
+- superseded requests are cancelled: before dispatch they never reach the model (the batch
+  window drops them); in flight, their HTTP request is closed (vLLM aborts the sequence);
+- in-flight reuse: when the user types on while a request is in flight and the new position
+  extends it, the new request waits for that answer instead of asking again;
+- candidates (several for invoked completions) and the next-line prefetch go through the batch
+  window, so concurrent prompts share one list-of-prompts request.
+
+No LSP types here: callers pass snapshots and byte offsets, and get texts back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from phi_lsp import syntax
+from phi_lsp.backend import Backend, BackendError, Choice, Sampling
+from phi_lsp.batching import Batcher
+from phi_lsp.config import CompletionSettings
+from phi_lsp.documents import Snapshot
+from phi_lsp.symbols import SymbolIndex
+from phi_lsp.tokens import TokenCounter
+
+from . import postprocess, prompts
+from .cache import SuggestionCache
+from .context import CompletionContext, Snippet, Sources, build_context
+
+log = logging.getLogger(__name__)
+
+AUTO, INVOKED = "automatic", "invoked"
+MAX_DEBOUNCE_S = 0.4
+CANCEL_GRACE_S = 0.25  # an abandoned in-flight request waits this long for a taker
+PREFETCH_CONFIDENCE = 0.5  # automatic completions prefetch the next line only when this sure
+
+
+@dataclass
+class Suggestion:
+    id: str
+    text: str
+    confidence: float | None = None
+
+
+@dataclass
+class Request:
+    uri: str
+    snapshot: Snapshot
+    cursor: int  # byte offset
+    trigger: str = AUTO
+    file_path: str | None = None  # on disk, to leave the file's own definitions out
+    display_path: str = "untitled"
+
+
+@dataclass
+class Result:
+    suggestions: list[Suggestion]
+    served_from: str  # "cache" | "model" | "in-flight" | "none"
+    reason: str = ""
+    context: CompletionContext | None = None
+    prompt: prompts.Prompt | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Model:
+    """How to reach the model right now (None from the provider when it cannot be reached)."""
+
+    backend: Backend
+    batcher: Batcher
+    name: str
+    counter: TokenCounter
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    served_from_cache: int = 0
+    served_in_flight: int = 0
+    model_calls: int = 0
+    superseded: int = 0
+    debounced_away: int = 0
+    prefetches: int = 0
+    empty: int = 0
+    errors: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=500))
+
+    def as_json(self) -> dict:
+        lat = sorted(self.latencies_ms)
+        pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None  # noqa: E731
+        return {
+            "requests": self.requests, "servedFromCache": self.served_from_cache,
+            "servedInFlight": self.served_in_flight, "modelCalls": self.model_calls,
+            "superseded": self.superseded, "debouncedAway": self.debounced_away,
+            "prefetches": self.prefetches, "empty": self.empty, "errors": self.errors,
+            "dropped": dict(self.dropped), "latencyMs": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
+        }
+
+
+@dataclass
+class Plan:
+    context: CompletionContext
+    prompt: prompts.Prompt
+    info: postprocess.CursorInfo
+    single_line: bool
+
+
+@dataclass(eq=False)
+class _InFlight:
+    task: asyncio.Task
+    cursor: int
+    source: bytes
+    waiters: int = 0
+    cancel_timer: asyncio.TimerHandle | None = None
+
+
+class CompletionService:
+    def __init__(
+        self,
+        model: Callable[[], Model | None],
+        settings: Callable[[], CompletionSettings],
+        index: SymbolIndex | None = None,
+        recent: Callable[[str], list[Snippet]] = lambda uri: [],
+        clean: Callable[[str], str] = lambda text: text,
+        display: Callable[[str], str] = lambda path: path,
+        sources: Sources = Sources(),
+    ):
+        self._model = model
+        self._settings = settings
+        self.index = index
+        self._recent = recent
+        self._clean = clean
+        self._display = display
+        self.sources = sources
+        self.cache = SuggestionCache()
+        self.stats = Stats()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._keystrokes: dict[str, deque] = {}
+        self._prefetching: set[asyncio.Task] = set()
+        self.last_prompt: dict | None = None
+
+    # -- typing rhythm ---------------------------------------------------------------------
+
+    def note_keystroke(self, uri: str) -> None:
+        self._keystrokes.setdefault(uri, deque(maxlen=8)).append(time.monotonic())
+
+    def debounce_s(self, uri: str) -> float:
+        """The configured debounce, stretched to 1.5x the user's recent typing interval."""
+        base = self._settings().debounce_ms / 1000
+        times = self._keystrokes.get(uri)
+        if not times or len(times) < 3 or base == 0:
+            return base
+        gaps = [b - a for a, b in zip(times, list(times)[1:]) if b - a < 1.0]
+        if not gaps:
+            return base
+        return min(MAX_DEBOUNCE_S, max(base, 1.5 * statistics.median(gaps)))
+
+    def forget(self, uri: str) -> None:
+        self.cache.forget(uri)
+        self._keystrokes.pop(uri, None)
+        flight = self._in_flight.pop(uri, None)
+        if flight is not None:
+            flight.task.cancel()
+
+    # -- the request -----------------------------------------------------------------------
+
+    async def suggest(self, request: Request) -> Result:
+        started = time.monotonic()
+        self.stats.requests += 1
+        result = await self._suggest(request)
+        result.timings["totalMs"] = (time.monotonic() - started) * 1000
+        if result.served_from == "model":
+            self.stats.latencies_ms.append(result.timings["totalMs"])
+        if not result.suggestions:
+            self.stats.empty += 1
+        return result
+
+    async def _suggest(self, request: Request) -> Result:
+        cached = self._from_cache(request)
+        if cached is not None:
+            return cached
+        if request.trigger == AUTO:
+            delay = self.debounce_s(request.uri)
+            if delay > 0:
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    self.stats.debounced_away += 1
+                    raise
+                cached = self._from_cache(request)
+                if cached is not None:
+                    return cached
+        flight = self._in_flight.get(request.uri)
+        if flight is not None and not flight.task.done():
+            if _extends(flight, request):
+                reused = await self._wait_for(flight, request)
+                if reused is not None:
+                    return reused
+            else:
+                self._abort(request.uri, flight)
+        model = self._model()
+        if model is None:
+            return Result([], "none", "model unavailable")
+        return await self._ask(request, model)
+
+    def _from_cache(self, request: Request) -> Result | None:
+        hit = self.cache.get(request.uri, request.snapshot.source, request.cursor)
+        if hit is None:
+            return None
+        texts, entry = hit
+        self.stats.served_from_cache += 1
+        return Result([Suggestion(f"{entry.suggestion_id}+{i}", t) for i, t in enumerate(texts)], "cache")
+
+    async def _wait_for(self, flight: _InFlight, request: Request) -> Result | None:
+        """The in-flight answer, typed-through to this position; None if it does not apply."""
+        flight.waiters += 1
+        if flight.cancel_timer is not None:
+            flight.cancel_timer.cancel()
+            flight.cancel_timer = None
+        try:
+            await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            self._release(request.uri, flight)
+            raise
+        except Exception:
+            return Result([], "none", "model error")
+        finally:
+            flight.waiters -= 1
+        cached = self._from_cache(request)
+        if cached is None:
+            return None
+        self.stats.served_from_cache -= 1
+        self.stats.served_in_flight += 1
+        cached.served_from = "in-flight"
+        return cached
+
+    def _abort(self, uri: str, flight: _InFlight) -> None:
+        self.stats.superseded += 1
+        flight.task.cancel()
+        if self._in_flight.get(uri) is flight:
+            del self._in_flight[uri]
+
+    def _release(self, uri: str, flight: _InFlight) -> None:
+        """The last waiter left: abort the request unless a new one takes it up soon."""
+        if flight.waiters <= 1 and not flight.task.done():
+            loop = asyncio.get_running_loop()
+            flight.cancel_timer = loop.call_later(CANCEL_GRACE_S, self._abort_if_unwanted, uri, flight)
+
+    def _abort_if_unwanted(self, uri: str, flight: _InFlight) -> None:
+        if flight.waiters == 0 and not flight.task.done():
+            self._abort(uri, flight)
+
+    async def _ask(self, request: Request, model: Model) -> Result:
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        settings = self._settings()
+        plan = self._plan(request, model, settings)
+        timings["contextMs"] = (time.monotonic() - t0) * 1000
+        task = asyncio.get_running_loop().create_task(self._call_model(request, model, plan, settings))
+        flight = _InFlight(task, request.cursor, request.snapshot.source)
+        self._in_flight[request.uri] = flight
+        flight.waiters += 1
+        try:
+            suggestions = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._release(request.uri, flight)
+            raise
+        except BackendError as exc:
+            self.stats.errors += 1
+            return Result([], "none", exc.reason, plan.context, plan.prompt, timings)
+        finally:
+            flight.waiters -= 1
+            if task.done() and self._in_flight.get(request.uri) is flight:
+                del self._in_flight[request.uri]
+        timings["modelMs"] = (time.monotonic() - t0) * 1000 - timings["contextMs"]
+        best = suggestions[0] if suggestions else None
+        if best is not None and plan.single_line and (request.trigger == INVOKED or (best.confidence or 0) >= PREFETCH_CONFIDENCE):
+            self._prefetch_next_line(request, model, best.text)
+        return Result(suggestions, "model", "" if suggestions else "nothing worth showing", plan.context, plan.prompt, timings)
+
+    # -- building and sending the prompt ---------------------------------------------------
+
+    def _plan(self, request: Request, model: Model, settings: CompletionSettings) -> "Plan":
+        snapshot = request.snapshot
+        budget = max(64, settings.context_tokens)
+        context = build_context(
+            snapshot,
+            request.cursor,
+            budget,
+            model.counter,
+            request.display_path,
+            index=self.index,
+            file_path=request.file_path,
+            recent=self._recent(request.uri) if self.sources.recent else None,
+            sources=self.sources,
+            display=self._display,
+        )
+        info = _cursor_info(snapshot, request.cursor, context)
+        multiline = postprocess.is_multiline_position(info)
+        family = prompts.family(model.name, settings.prompt_mode)
+        prompt = prompts.render(context, family, single_line=not multiline)
+        prompt = prompts.Prompt(self._clean(prompt.text), prompt.family, prompt.stop, prompt.echo)
+        return Plan(context, prompt, info, not multiline)
+
+    async def _call_model(self, request: Request, model: Model, plan: "Plan", settings: CompletionSettings) -> list[Suggestion]:
+        self.stats.model_calls += 1
+        samplings = [Sampling(max_tokens=settings.max_tokens, stop=plan.prompt.stop, logprobs=True)]
+        if request.trigger == INVOKED:
+            # Two more candidates, sampled, in the same batch window.
+            samplings.append(Sampling(max_tokens=settings.max_tokens, temperature=0.7, stop=plan.prompt.stop, logprobs=True, n=2))
+        timeout = settings.timeout_ms / 1000
+        self.last_prompt = {"model": model.name, "prompt": plan.prompt.text, "stop": list(plan.prompt.stop), "maxTokens": settings.max_tokens}
+        answers = await asyncio.gather(*(self._complete(model, plan.prompt, s, timeout) for s in samplings))
+        choices = [c for answer in answers for c in answer]
+        group = uuid.uuid4().hex[:12]
+        suggestions = self._postprocess(choices, plan, settings.min_confidence, group)
+        self.cache.put(request.uri, request.snapshot.source, request.cursor, [s.text for s in suggestions], group)
+        return suggestions
+
+    async def _complete(self, model: Model, prompt: prompts.Prompt, sampling: Sampling, timeout: float) -> list[Choice]:
+        backend = model.backend
+        if prompt.family != prompts.RAW and not backend.supports_batching:
+            # OpenAI-compatible servers apply the chat template themselves.
+            return await backend.chat(model.name, prompts.chat_messages(prompt), sampling, timeout)
+        return await model.batcher.complete(model.name, prompt.text, sampling, timeout)
+
+    def _postprocess(self, choices: list[Choice], plan: "Plan", min_confidence: float, group: str) -> list[Suggestion]:
+        kept: list[Suggestion] = []
+        for choice in choices:
+            outcome = postprocess.postprocess(choice, plan.info, not plan.single_line, min_confidence, plan.prompt.echo)
+            if outcome.text is None:
+                self.stats.dropped[outcome.reason] = self.stats.dropped.get(outcome.reason, 0) + 1
+                continue
+            if any(s.text == outcome.text for s in kept):
+                continue
+            kept.append(Suggestion(f"{group}+{len(kept)}", outcome.text, outcome.confidence))
+        # The greedy answer first, then the others by confidence.
+        head, tail = kept[:1], sorted(kept[1:], key=lambda s: -(s.confidence or 0))
+        return head + tail
+
+    def _prefetch_next_line(self, request: Request, model: Model, accepted: str) -> None:
+        """Ask now for the line after the suggestion, as if the user took it and pressed Enter."""
+        snapshot = request.snapshot
+        source, cursor = snapshot.source, request.cursor
+        line_end = source.find(b"\n", cursor)
+        if source[cursor : (line_end if line_end >= 0 else len(source))].strip():
+            return  # text after the cursor: the suggestion does not end the line
+        line_start = source.rfind(b"\n", 0, cursor) + 1
+        line = source[line_start:cursor] + accepted.encode()
+        indent = line[: len(line) - len(line.lstrip())].decode()
+        if line.rstrip().endswith(b":") or line.rstrip().endswith(b"{"):
+            indent += "    "
+        inserted = (accepted + "\n" + indent).encode()
+        new_source = source[:cursor] + inserted + source[cursor:]
+        new_snapshot = Snapshot(snapshot.uri, snapshot.version, snapshot.language, new_source,
+                                syntax.parse(snapshot.language, new_source), snapshot.encoding)
+        ahead = Request(request.uri, new_snapshot, cursor + len(inserted), AUTO, request.file_path, request.display_path)
+        settings = self._settings()
+
+        async def run() -> None:
+            self.stats.prefetches += 1
+            plan = self._plan(ahead, model, settings)
+            sampling = Sampling(max_tokens=settings.max_tokens, stop=plan.prompt.stop, logprobs=True)
+            try:
+                choices = await self._complete(model, plan.prompt, sampling, settings.timeout_ms / 1000)
+            except BackendError:
+                return
+            group = uuid.uuid4().hex[:12]
+            suggestions = self._postprocess(choices, plan, settings.min_confidence, group)
+            self.cache.put(ahead.uri, new_source, ahead.cursor, [s.text for s in suggestions], group)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._prefetching.add(task)
+        task.add_done_callback(self._prefetching.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._prefetching) + [f.task for f in self._in_flight.values()]:
+            task.cancel()
+
+
+def _extends(flight: _InFlight, request: Request) -> bool:
+    """The new position is the in-flight one plus typed characters (nothing else changed)."""
+    source = request.snapshot.source
+    if request.cursor < flight.cursor:
+        return False
+    before = flight.source[max(0, flight.cursor - 2048) : flight.cursor]
+    after = flight.source[flight.cursor : flight.cursor + 2048]
+    return (
+        source[max(0, flight.cursor - len(before)) : flight.cursor] == before
+        and source[request.cursor : request.cursor + len(after)] == after
+        and b"\n" not in source[flight.cursor : request.cursor]
+    )
+
+
+def _cursor_info(snapshot: Snapshot, cursor: int, context: CompletionContext) -> postprocess.CursorInfo:
+    following = context.suffix.split("\n")[1:] if context.suffix else []
+    if not following:
+        line_end = snapshot.source.find(b"\n", cursor)
+        if line_end >= 0:
+            following = snapshot.source[line_end + 1 : line_end + 2048].decode("utf-8", "replace").split("\n")
+    return postprocess.CursorInfo(
+        language=snapshot.language,
+        source=snapshot.source,
+        tree=snapshot.tree,
+        cursor=cursor,
+        line_prefix=context.line_prefix,
+        line_suffix=context.line_suffix,
+        next_lines=following[:20],
+    )
