@@ -120,7 +120,10 @@ def _cut_at_dedent(lines: list[str], info: CursorInfo) -> str:
     """Indentation languages: stop where a line is indented less than the block we are in."""
     opener = info.line_prefix.rstrip().endswith(":")
     base = _indent_width(info.line_prefix)
-    if info.line_prefix.strip() and opener:
+    if not info.line_prefix.strip():
+        # On a blank line the suggestion's first line sets the block it writes into.
+        base += _indent_width(lines[0])
+    elif opener:
         base += 1  # the body of the block just opened is indented deeper
     kept = [lines[0]]
     for line in lines[1:]:

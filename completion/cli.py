@@ -1,0 +1,108 @@
+"""`phi-lsp complete FILE:LINE:COL`: the completion pipeline from a terminal (1-based line and
+column, the column counted in characters). Prints the suggestion; `--format json` adds the other
+candidates, timings and the context sources used."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from lsprotocol import types
+
+from phi_lsp import positions
+from phi_lsp.batching import Batcher
+from phi_lsp.backend import BackendError
+from phi_lsp.config import SettingsManager
+from phi_lsp.documents import Document
+from phi_lsp.managed_vllm import ManagedVllmError
+from phi_lsp.privacy import PrivacyFilter
+from phi_lsp.runtime import cli_backend
+from phi_lsp.symbols import SymbolIndex
+from phi_lsp.tokens import TokenCounter
+
+from .service import INVOKED, CompletionService, Model, Request
+
+
+def parse_location(location: str) -> tuple[Path, int, int]:
+    match = re.match(r"^(.*):(\d+):(\d+)$", location)
+    if not match:
+        raise ValueError(f"expected FILE:LINE:COL (1-based), got {location!r}")
+    return Path(match.group(1)), int(match.group(2)), int(match.group(3))
+
+
+def project_root(path: Path) -> Path:
+    for folder in [path.parent, *path.parent.parents]:
+        if (folder / ".git").exists() or (folder / "pyproject.toml").is_file():
+            return folder
+    return path.parent
+
+
+async def complete_file(manager: SettingsManager, path: Path, line: int, column: int, backend_factory=cli_backend) -> dict:
+    """Run the pipeline once; returns the JSON report (raises ValueError on bad input)."""
+    settings = manager.settings
+    privacy = PrivacyFilter(settings.privacy, [project_root(path)])
+    if privacy.is_excluded(str(path.resolve())):
+        raise ValueError(f"{path} holds secrets or is excluded by privacy.exclude; it is never sent to the model")
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    document = Document(path.resolve().as_uri(), text, 1, None, positions.UTF32)
+    if line < 1 or line > document.line_count():
+        raise ValueError(f"line {line} is outside {path} (1..{document.line_count()})")
+    cursor = document.offset_at(types.Position(line - 1, max(0, column - 1)))
+    root = project_root(path.resolve())
+    index = SymbolIndex(exclude=privacy.is_excluded)
+    await index.build([root])
+    async with backend_factory(manager) as cli:
+        model = Model(cli.backend, Batcher(cli.backend), cli.completion_model, TokenCounter.for_model(cli.model_source))
+        service = CompletionService(
+            model=lambda: model,
+            settings=lambda: settings.completion,
+            index=index,
+            clean=privacy.clean,
+            display=lambda p: _relative(p, root),
+        )
+        request = Request(document.uri, document.snapshot(), cursor, INVOKED, str(path.resolve()), _relative(str(path.resolve()), root))
+        result = await service.suggest(request)
+        return {
+            "file": str(path),
+            "line": line,
+            "column": column,
+            "model": cli.completion_model,
+            "suggestion": result.suggestions[0].text if result.suggestions else None,
+            "candidates": [{"text": s.text, "confidence": s.confidence} for s in result.suggestions],
+            "reason": result.reason or None,
+            "contextSources": result.context.sources_used if result.context else [],
+            "promptTokens": result.context.tokens if result.context else 0,
+            "timings": {k: round(v, 1) for k, v in result.timings.items()},
+            "dropped": dict(service.stats.dropped),
+            "note": cli.note or None,
+        }
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+async def run_complete(manager: SettingsManager, location: str, fmt: str) -> int:
+    try:
+        path, line, column = parse_location(location)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        report = await complete_file(manager, path, line, column)
+    except (ValueError, OSError) as exc:
+        print(f"phi-lsp complete: {exc}", file=sys.stderr)
+        return 2
+    except (BackendError, ManagedVllmError) as exc:
+        print(f"phi-lsp complete: the model is not available: {exc}", file=sys.stderr)
+        return 1
+    if fmt == "json":
+        print(json.dumps(report, indent=2))
+    elif report["suggestion"] is None:
+        print(f"(no suggestion: {report['reason']})", file=sys.stderr)
+    else:
+        print(report["suggestion"])
+    return 0

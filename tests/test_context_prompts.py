@@ -1,0 +1,98 @@
+"""Context building and prompt rendering (pure stages, no model)."""
+
+from __future__ import annotations
+
+from completion import prompts
+from completion.context import Snippet, Sources, build_context, names_near
+from phi_lsp import syntax
+from phi_lsp.documents import Document
+from phi_lsp.symbols import SymbolIndex
+from phi_lsp.tokens import TokenCounter
+
+COUNTER = TokenCounter.for_model("phi-code-tiny")  # the bundled model's own tokenizer
+
+
+def snapshot_of(text: str, uri="file:///ws/pkg/app.py"):
+    return Document(uri, text, 1, "python").snapshot()
+
+
+BIG = "import os\nfrom pkg.util import load_config\n\n\nclass Service:\n    def __init__(self):\n        self.x = 1\n\n    def run(self, path):\n" + "".join(
+    f"        value_{i} = {i}\n" for i in range(400)
+) + "        config = load_config("
+
+
+def test_counter_is_exact_for_the_bundled_model():
+    assert COUNTER.exact
+    assert COUNTER.count("import numpy as np") < 10
+
+
+def test_small_file_fits_whole():
+    text = "import os\n\ndef f():\n    return"
+    ctx = build_context(snapshot_of(text), len(text), 1000, COUNTER, "pkg/app.py")
+    assert ctx.prefix == text and ctx.preamble == [] and ctx.window_start_line == 0
+
+
+def test_window_keeps_imports_and_scope_headers_outside_it():
+    snap = snapshot_of(BIG)
+    ctx = build_context(snap, len(BIG.encode()), 300, COUNTER, "pkg/app.py")
+    assert ctx.window_start_line > 0 and ctx.window_start_line % 16 == 0
+    assert ctx.preamble[:2] == ["import os", "from pkg.util import load_config"]
+    assert "class Service:" in ctx.preamble and "    def run(self, path):" in ctx.preamble
+    assert {"imports", "scopes"} <= set(ctx.sources_used)
+    assert ctx.tokens <= 300
+
+
+def test_window_start_is_stable_while_typing():
+    snap1 = snapshot_of(BIG)
+    more = BIG + "pa"
+    snap2 = snapshot_of(more)
+    a = build_context(snap1, len(BIG.encode()), 300, COUNTER, "x")
+    b = build_context(snap2, len(more.encode()), 300, COUNTER, "x")
+    assert a.window_start_line == b.window_start_line
+
+
+def test_definitions_from_other_files_are_in_the_context(tmp_path):
+    index = SymbolIndex()
+    util = b'def load_config(path: str, strict: bool = False) -> dict:\n    """Read a TOML config."""\n    return {}\n'
+    index.update("/ws/pkg/util.py", syntax.parse("python", util), util, "python")
+    snap = snapshot_of(BIG)
+    assert "load_config" in names_near(snap, len(BIG.encode()))
+    ctx = build_context(snap, len(BIG.encode()), 600, COUNTER, "pkg/app.py", index=index, file_path="/ws/pkg/app.py",
+                        display=lambda p: p.replace("/ws/", ""))
+    assert "symbols" in ctx.sources_used
+    [snippet] = [s for s in ctx.snippets if s.kind == "definitions"]
+    assert snippet.path == "pkg/util.py"
+    assert "def load_config(path: str, strict: bool = False) -> dict:" in snippet.text
+    off = build_context(snap, len(BIG.encode()), 600, COUNTER, "pkg/app.py", index=index,
+                        file_path="/ws/pkg/app.py", sources=Sources.only_prefix())
+    assert off.snippets == [] and off.preamble == []
+
+
+def test_raw_prompt_uses_the_training_format():
+    ctx = build_context(snapshot_of("def add(a, b):\n    return"), 26, 500, COUNTER, "m.py",
+                        recent=[Snippet("other.py", "x = 1", "recent")])
+    p = prompts.render(ctx, prompts.RAW, single_line=True)
+    assert p.text == "# file: other.py\nx = 1\n<|endoftext|>\n# file: m.py\ndef add(a, b):\n    return"
+    assert "\n" in p.stop and "<|endoftext|>" in p.stop
+
+
+def test_chat_templates():
+    ctx = build_context(snapshot_of("x = 1\ny = "), 10, 500, COUNTER, "m.py")
+    phi3 = prompts.render(ctx, prompts.PHI3, single_line=True)
+    assert phi3.text.startswith("<|system|>\n") and phi3.text.endswith("<|end|>\n<|assistant|>\n")
+    assert "y = <FILL_HERE>" in phi3.text
+    phi4 = prompts.render(ctx, prompts.PHI4, single_line=False)
+    assert phi4.text.startswith("<|im_start|>system<|im_sep|>") and phi4.text.endswith("<|im_start|>assistant<|im_sep|>")
+    messages = prompts.chat_messages(phi4)
+    assert [m["role"] for m in messages] == ["system", "user"] and "<FILL_HERE>" in messages[1]["content"]
+
+
+def test_family_by_model_name():
+    assert prompts.family("microsoft/Phi-4-mini-instruct") == prompts.PHI3
+    assert prompts.family("microsoft/Phi-3.5-mini-instruct") == prompts.PHI3
+    assert prompts.family("microsoft/Phi-3-mini-4k-instruct") == prompts.PHI3
+    assert prompts.family("microsoft/phi-4") == prompts.PHI4
+    assert prompts.family("phi4-mini") == prompts.PHI3  # Ollama's name
+    assert prompts.family("phi-code-tiny") == prompts.RAW
+    assert prompts.family("phi-code-tiny", "chat") == prompts.PHI3
+    assert prompts.family("microsoft/Phi-4-mini-instruct", "raw") == prompts.RAW

@@ -1,0 +1,42 @@
+"""Post-processing rules, pinned by golden cases (tests/golden/completion/cases.toml)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from completion import postprocess
+from completion.postprocess import CursorInfo
+from phi_lsp import syntax
+from phi_lsp.backend import Choice
+
+CASES = tomllib.loads((Path(__file__).parent / "golden" / "completion" / "cases.toml").read_text())["case"]
+
+
+def info_for(case: dict) -> CursorInfo:
+    language = case.get("language", "python")
+    before, after = case["before"], case.get("after", "")
+    source = (before + after).encode()
+    cursor = len(before.encode())
+    line_prefix = before.rsplit("\n", 1)[-1]
+    line_suffix = after.split("\n", 1)[0]
+    next_lines = after.split("\n")[1:]
+    return CursorInfo(language, source, syntax.parse(language, source), cursor, line_prefix, line_suffix, next_lines)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_golden(case):
+    info = info_for(case)
+    choice = Choice(case["output"], "stop", case.get("tokens"), case.get("logprobs"))
+    multiline = postprocess.is_multiline_position(info)
+    outcome = postprocess.postprocess(choice, info, multiline, case.get("min_confidence", 0.0), case.get("echo", ""))
+    assert outcome.text == case.get("expected"), (outcome.reason, outcome.changed_by)
+
+
+def test_multiline_positions():
+    assert postprocess.is_multiline_position(info_for({"before": "def f():\n    "}))
+    assert postprocess.is_multiline_position(info_for({"before": "if x:"}))
+    assert not postprocess.is_multiline_position(info_for({"before": "x = f(", "after": "a)"}))
+    assert not postprocess.is_multiline_position(info_for({"before": "# a comment "}))
