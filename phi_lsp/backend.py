@@ -22,9 +22,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,10 @@ class Backend:
         connect_timeout_s: float = 2.0,
         request_timeout_s: float = 60.0,
         health: Health | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: "httpx.AsyncBaseTransport | None" = None,
     ):
+        import httpx  # imported when first needed: it costs ~0.1 s of server start-up
+
         self.url = url.rstrip("/")
         self.kind = kind
         self.health = health or Health()
@@ -296,6 +299,8 @@ class Backend:
         return data
 
     async def _request(self, method: str, path: str, body: dict | None, timeout_s: float | None) -> Any:
+        import httpx
+
         self.stats.http_requests += 1
         self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
         self.stats.in_flight += 1
@@ -327,7 +332,7 @@ class Backend:
             self.stats.in_flight -= 1
             self.on_activity(self.stats.in_flight)
 
-    def _decode(self, response: httpx.Response) -> Any:
+    def _decode(self, response: "httpx.Response") -> Any:
         status = response.status_code
         if status == 429 or status == 503:
             retry = _retry_after(response.headers.get("retry-after"))
@@ -349,6 +354,8 @@ class Backend:
 
     async def _probe(self) -> None:
         """While down: poll /models until the server answers, then let requests through."""
+        import httpx
+
         probe_timeout = httpx.Timeout(self._connect_timeout * 2, connect=self._connect_timeout)
         while self.health.down:
             await asyncio.sleep(PROBE_INTERVAL_S)
@@ -369,7 +376,7 @@ def _short(exc: Exception) -> str:
     return text if len(text) < 120 else text[:117] + "..."
 
 
-def _body_hint(response: httpx.Response) -> str:
+def _body_hint(response: "httpx.Response") -> str:
     try:
         data = response.json()
         message = data.get("message") or data.get("error", {}).get("message") or data.get("detail")

@@ -4,6 +4,10 @@ Each didChange edit is applied to the bytes, told to the tree with `Tree.edit` (
 tree-sitter points), and the document is reparsed once per notification with the old tree, so a
 keystroke costs an incremental parse, not a full one.
 
+Memory stays bounded: a tree costs ~0.7 MB per 1,000 lines, so only the most recently used
+documents (TreeCache, default 48) keep theirs; another document's tree is rebuilt by a full
+parse the next time something needs it, and is incremental again from then on.
+
 Two kinds of "line" meet here:
 - LSP lines end at "\\n", "\\r\\n" or a lone "\\r" (and nothing else: not form feeds or U+2028,
   which `str.splitlines` would split on);
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable
@@ -144,6 +149,24 @@ class TextBuffer:
 
 
 
+class TreeCache:
+    """The documents that may hold a tree, least recently used first."""
+
+    def __init__(self, limit: int = 48):
+        self.limit = limit
+        self._order: OrderedDict[str, "Document"] = OrderedDict()
+
+    def touch(self, document: "Document") -> None:
+        self._order[document.uri] = document
+        self._order.move_to_end(document.uri)
+        while len(self._order) > self.limit:
+            _, oldest = self._order.popitem(last=False)
+            oldest._tree = None
+
+    def forget(self, uri: str) -> None:
+        self._order.pop(uri, None)
+
+
 class Document(TextBuffer):
     def __init__(
         self,
@@ -152,16 +175,26 @@ class Document(TextBuffer):
         version: int = 0,
         language_id: str | None = None,
         encoding: str = positions.UTF16,
+        trees: TreeCache | None = None,
     ):
         self.uri = uri
         self.version = version
         self.language_id = language_id
         self.language = syntax.language_for(uri, language_id)
         super().__init__(positions.encode(text), encoding)
-        self.tree: Tree | None = None
+        self._tree: Tree | None = None
+        self._trees = trees
         self._parser: Parser | None = syntax.parser_for(self.language) if self.language else None
-        self._text: str | None = text
-        self._reparse(incremental=False)
+        self._text: str | None = None
+
+    @property
+    def tree(self) -> Tree | None:
+        """The document's syntax tree (parsed now if it was evicted to save memory)."""
+        if self._tree is None and self._parser is not None:
+            self._tree = self._parser.parse(self.source)
+        if self._trees is not None and self._tree is not None:
+            self._trees.touch(self)
+        return self._tree
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -172,7 +205,8 @@ class Document(TextBuffer):
         return self._text
 
     def snapshot(self) -> Snapshot:
-        tree = self.tree.copy() if self.tree is not None else None
+        tree = self.tree
+        tree = tree.copy() if tree is not None else None
         return Snapshot(self.uri, self.version, self.language, self.source, tree, self.encoding)
 
     # -- editing ---------------------------------------------------------------------------
@@ -181,7 +215,7 @@ class Document(TextBuffer):
         self, changes: Iterable[types.TextDocumentContentChangeEvent], version: int | None
     ) -> None:
         """Apply didChange content changes in order, then reparse once."""
-        incremental = self.tree is not None
+        incremental = self._tree is not None
         for change in changes:
             if isinstance(change, types.TextDocumentContentChangePartial):
                 self._apply_partial(change.range, change.text)
@@ -210,8 +244,8 @@ class Document(TextBuffer):
         new_end = start + len(new_bytes)
         self._text = None
         self.lines.reset(self.source, start)
-        if self.tree is not None:
-            self.tree.edit(
+        if self._tree is not None:
+            self._tree.edit(
 
                 start_byte=start,
                 old_end_byte=end,
@@ -224,12 +258,11 @@ class Document(TextBuffer):
     def _reparse(self, incremental: bool) -> None:
         if self._parser is None:
             return
-        old_tree = self.tree if incremental else None
-        self.tree = (
-            self._parser.parse(self.source, old_tree)
-            if old_tree is not None
-            else self._parser.parse(self.source)
-        )
+        if incremental and self._tree is not None:
+            self._tree = self._parser.parse(self.source, self._tree)
+        else:
+            # No tree to reuse: parse when next needed (a document being typed in soon is).
+            self._tree = None
 
 
 def _point_at(source: bytes, offset: int) -> Point:
@@ -242,16 +275,18 @@ def _point_at(source: bytes, offset: int) -> Point:
 class DocumentStore:
     """The open documents, by URI. Only the LSP sync handlers change them."""
 
-    def __init__(self, encoding: str = positions.UTF16):
+    def __init__(self, encoding: str = positions.UTF16, max_trees: int = 48):
         self.encoding = encoding
+        self.trees = TreeCache(max_trees)
         self._documents: dict[str, Document] = {}
 
     def open(self, uri: str, text: str, version: int, language_id: str | None) -> Document:
-        document = Document(uri, text, version, language_id, self.encoding)
+        document = Document(uri, text, version, language_id, self.encoding, self.trees)
         self._documents[uri] = document
         return document
 
     def close(self, uri: str) -> Document | None:
+        self.trees.forget(uri)
         return self._documents.pop(uri, None)
 
     def get(self, uri: str) -> Document | None:

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import httpx
-
 from .config import DEFAULT_MODEL, DEMO_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -222,6 +220,8 @@ class ManagedVllm:
             log.debug("vllm: %s", text)
 
     async def _wait_ready(self, progress: ProgressFn) -> None:
+        import httpx
+
         assert self.process is not None
         started = time.monotonic()
         health = f"http://{self.host}:{self.port}/health"

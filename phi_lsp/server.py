@@ -57,6 +57,7 @@ class PhiServer(LanguageServer):
         self._startup_progress: ProgressReporter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
+        self.client_ready = False  # set by the `initialized` notification
         self.started_at = time.monotonic()
 
     @property
@@ -156,7 +157,7 @@ class PhiServer(LanguageServer):
         log.error("internal error (%s): %s", getattr(source, "__name__", source), error)
 
     def _send_status(self, status: Status) -> None:
-        if self.protocol.writer is not None and self.protocol.initialized:
+        if self.protocol.writer is not None and self.client_ready:
             self.protocol.notify(STATUS_NOTIFICATION, status.as_json())
 
     def _model_progress(self, message: str, percent: int | None, done: bool) -> None:
@@ -176,6 +177,12 @@ class PhiServer(LanguageServer):
         problems = self.settings_manager.set_source(source, raw)
         for problem in problems:
             self.show_message_once(problem, types.MessageType.Warning)
+        self.settings_changed()
+
+    def settings_changed(self) -> None:
+        """Push the settings in effect to the model service and the features."""
+        if not self.client_ready:
+            return  # until `initialized`: the initialize answer must not wait for any of this
         settings = self.settings
         origins = self.settings_manager.origins()
         model_configured = any(k in origins for k in ("completion.model", "review.model"))
@@ -288,6 +295,8 @@ def _register_core(server: PhiServer) -> None:
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: PhiServer, params: types.InitializedParams) -> None:
+        ls.client_ready = True
+        ls.settings_changed()
         ls._send_status(ls.service.status)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)

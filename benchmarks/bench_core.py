@@ -1,0 +1,201 @@
+"""Core benchmarks (issue: the language server core). Prints figures; asserts nothing.
+
+1. didChange handling on a 10,000-line Python file: a typing trace (new statements typed key by
+   key in function bodies across the file); per keystroke: splice + Tree.edit + incremental
+   reparse, against a full parse of the same text, measured side by side in one run.
+2. Server start to `initialize` answered (a fresh process each time).
+3. Resident memory of the server with 200 open 1,000-line documents.
+
+    .venv/bin/python benchmarks/bench_core.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lsprotocol import types  # noqa: E402
+
+from phi_lsp import syntax  # noqa: E402
+from phi_lsp.documents import Document  # noqa: E402
+
+
+def stdlib_lines(count: int, skip: int = 0) -> list[str]:
+    """`count` lines of real Python: the standard library's modules, concatenated."""
+    lines: list[str] = []
+    for path in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))):
+        lines += Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        if len(lines) >= count + skip:
+            break
+    return lines[skip : skip + count]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench_did_change(statements: int) -> None:
+    lines = stdlib_lines(10_000)
+    doc = Document("file:///bench/big.py", "\n".join(lines), 1, "python", "utf-16")
+    parser = syntax.parser_for("python")
+    # Places to type: just after function headers, spread over the file.
+    targets = [i for i, line in enumerate(lines) if line.strip().startswith("def ") and line.rstrip().endswith(":")]
+    step = max(1, len(targets) // statements)
+    targets = targets[::step][:statements]
+    snippet = "total = compute(alpha, beta) + self.values[0]"
+    incremental: list[float] = []
+    full: list[float] = []
+    version = 1
+    for n, target in enumerate(reversed(targets)):  # bottom-up: earlier targets keep their line numbers
+        header = lines[target]
+        indent = " " * (len(header) - len(header.lstrip()) + 4)
+        line, column = target, len(header)
+        for char in "\n" + indent + snippet:
+            version += 1
+            change = types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(line, column), types.Position(line, column)), text=char
+            )
+            t0 = time.perf_counter()
+            doc.apply_changes([change], version)
+            incremental.append(time.perf_counter() - t0)
+            if char == "\n":
+                line, column = line + 1, 0
+            else:
+                column += 1
+            if len(full) < len(incremental) // 4:  # a sample of full parses of the same text
+                t0 = time.perf_counter()
+                parser.parse(doc.source)
+                full.append(time.perf_counter() - t0)
+    assert doc.tree is not None
+    fresh = parser.parse(doc.source)
+    same = str(fresh.root_node) == str(doc.tree.root_node)
+    inc_median, inc_p99 = statistics.median(incremental) * 1000, percentile(incremental, 0.99) * 1000
+    full_median = statistics.median(full) * 1000
+    print("didChange on a 10,000-line Python file (typing trace)")
+    print(f"  keystrokes                : {len(incremental)} ({len(targets)} statements typed)")
+    print(f"  incremental median / p99  : {inc_median:.3f} ms / {inc_p99:.3f} ms   (goal <= 1 ms / <= 5 ms)")
+    print(f"  full reparse median       : {full_median:.3f} ms  ({len(full)} samples)")
+    print(f"  speed-up (median)         : {full_median / inc_median:.1f}x   (goal >= 10x)")
+    print(f"  tree equals a fresh parse : {same}")
+
+
+def _frame(message: dict) -> bytes:
+    body = json.dumps(message).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _read_message(stream) -> dict:
+    length = None
+    while True:
+        line = stream.readline()
+        if not line:
+            raise EOFError("server closed its output")
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+        elif line in (b"\r\n", b"\n") and length is not None:
+            return json.loads(stream.read(length))
+
+
+def _start_server(root: str | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "phi_lsp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=root,
+    )
+
+
+def _initialize(proc: subprocess.Popen, root: str | None) -> None:
+    params = {
+        "processId": os.getpid(),
+        "rootUri": Path(root).as_uri() if root else None,
+        "capabilities": {},
+        "initializationOptions": {"backend": {"url": "http://127.0.0.1:9/v1"}},
+    }
+    proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}))
+    proc.stdin.flush()
+    while _read_message(proc.stdout).get("id") != 1:
+        pass
+
+
+def bench_startup(runs: int) -> None:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = _start_server()
+        _initialize(proc, None)
+        times.append(time.perf_counter() - t0)
+        proc.kill()
+        proc.wait()
+    print("Server start to `initialize` answered")
+    print(f"  runs {runs}: median {statistics.median(times):.3f} s, best {min(times):.3f} s, worst {max(times):.3f} s   (goal <= 0.5 s)")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_memory(documents: int, lines_each: int) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        texts = []
+        for n in range(documents):
+            text = "\n".join(stdlib_lines(lines_each, skip=(n * 397) % 40_000))
+            path = Path(root) / f"module_{n}.py"
+            path.write_text(text)
+            texts.append((path.as_uri(), text))
+        proc = _start_server(root)
+        _initialize(proc, root)
+        proc.stdin.write(_frame({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
+        baseline = _rss_mb(proc.pid)
+        for version, (uri, text) in enumerate(texts, 1):
+            item = {"uri": uri, "languageId": "python", "version": version, "text": text}
+            proc.stdin.write(_frame({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": item}}))
+        # A request after all the opens: answered once they have all been handled.
+        proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand", "params": {"command": "phi.stats"}}))
+        proc.stdin.flush()
+        while (message := _read_message(proc.stdout)).get("id") != 2:
+            pass
+        time.sleep(1.0)  # let the workspace symbol index finish its slices
+        proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 3, "method": "workspace/executeCommand", "params": {"command": "phi.stats"}}))
+        proc.stdin.flush()
+        while (message := _read_message(proc.stdout)).get("id") != 3:
+            pass
+        rss = _rss_mb(proc.pid)
+        stats = message["result"]
+        proc.kill()
+        proc.wait()
+    print(f"Memory with {documents} open {lines_each}-line documents")
+    print(f"  open documents            : {stats['documents']}; symbol index {stats.get('symbolIndex')}")
+    print(f"  RSS after initialize      : {baseline:.1f} MB")
+    print(f"  RSS with the documents    : {rss:.1f} MB   (goal <= 150 MB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer samples (for a smoke run)")
+    args = parser.parse_args()
+    bench_did_change(statements=8 if args.quick else 30)
+    print()
+    bench_startup(runs=3 if args.quick else 10)
+    print()
+    bench_memory(documents=200, lines_each=1000)
+
+
+if __name__ == "__main__":
+    main()
