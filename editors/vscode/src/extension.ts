@@ -204,7 +204,7 @@ class Controller implements vscode.Disposable {
           // settings: answer with what we would push (no extension-only keys, no defaults).
           configuration: async (params, token, next) => {
             if (params.items.every((item) => item.section === SECTION)) {
-              return params.items.map(() => this.tracker.changed());
+              return params.items.map(() => this.tracker.current());
             }
             return next(params, token);
           },
@@ -224,10 +224,18 @@ class Controller implements vscode.Disposable {
       void this.restart();
       return;
     }
+    const removed = this.tracker.removedSinceStart();
+    if (removed.length > 0) {
+      // Only new initializationOptions let a removed setting fall back to pyproject.toml or
+      // the server's default (see SettingsTracker).
+      this.output.info(`Settings removed (${removed.join(', ')}); restarting the server`);
+      void this.restart();
+      return;
+    }
     const client = this.client;
     if (client?.state === State.Running) {
       void client
-        .sendNotification(DidChangeConfigurationNotification.type, { settings: this.tracker.changed() })
+        .sendNotification(DidChangeConfigurationNotification.type, { settings: this.tracker.current() })
         .catch((error) => this.output.warn(`Could not send the changed settings: ${error}`));
     }
   }

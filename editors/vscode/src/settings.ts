@@ -76,14 +76,16 @@ export function nest(flat: Map<string, unknown>): Record<string, any> {
 
 /**
  * Builds the settings payloads: the first one for initializationOptions, later ones for
- * workspace/didChangeConfiguration.
+ * workspace/didChangeConfiguration (and for the server's workspace/configuration pulls).
  *
  * The server keeps the initializationOptions layer for the whole session and replaces the
- * didChangeConfiguration layer on every change. A key the user set at start-up and has since
- * removed would therefore stay in effect; to undo it, later payloads carry that key's default.
+ * didChangeConfiguration layer on every change, and a null there means "not set". A key the
+ * user set at start-up and has since removed would therefore stay in effect: only a restart
+ * (new initializationOptions) lets it fall back to pyproject.toml or the default, so
+ * `removedSinceStart()` tells the extension when to restart instead of pushing.
  */
 export class SettingsTracker {
-  private sentAtStart: Set<string> | undefined;
+  private sentAtStart = new Set<string>();
 
   constructor(
     private readonly keys: Map<string, unknown>,
@@ -96,14 +98,13 @@ export class SettingsTracker {
     return nest(values);
   }
 
-  changed(): Record<string, any> {
+  current(): Record<string, any> {
+    return nest(this.explicit());
+  }
+
+  removedSinceStart(): string[] {
     const values = this.explicit();
-    for (const key of this.sentAtStart ?? []) {
-      if (!values.has(key)) {
-        values.set(key, this.keys.get(key) ?? null);
-      }
-    }
-    return nest(values);
+    return [...this.sentAtStart].filter((key) => !values.has(key));
   }
 
   private explicit(): Map<string, unknown> {

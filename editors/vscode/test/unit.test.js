@@ -97,7 +97,7 @@ describe('settings sent to the server', () => {
     assert.equal(explicitValue(undefined), undefined);
   });
 
-  it('send only explicit values, nested, and undo removed ones with the default', () => {
+  it('send only explicit values, nested, and say which were removed since start', () => {
     const user = new Map([
       ['backend.url', { globalValue: 'http://gpu:8000/v1' }],
       ['completion.debounceMs', { workspaceValue: 0 }],
@@ -108,19 +108,23 @@ describe('settings sent to the server', () => {
       backend: { url: 'http://gpu:8000/v1' },
       completion: { debounceMs: 0 },
     });
-    user.delete('completion.debounceMs');
     user.set('review.onSave', { globalValue: false });
-    assert.deepEqual(tracker.changed(), {
+    assert.deepEqual(tracker.removedSinceStart(), []);
+    assert.deepEqual(tracker.current(), {
       backend: { url: 'http://gpu:8000/v1' },
-      completion: { debounceMs: 60 },
+      completion: { debounceMs: 0 },
       review: { onSave: false },
     });
+    user.delete('completion.debounceMs');
+    assert.deepEqual(tracker.removedSinceStart(), ['completion.debounceMs']);
+    tracker.initializationOptions(); // the restart
+    assert.deepEqual(tracker.removedSinceStart(), []);
   });
 
   it('send nothing when the user set nothing (pyproject.toml and the demo-model fallback stay in charge)', () => {
     const tracker = new SettingsTracker(keys, () => ({}));
     assert.deepEqual(tracker.initializationOptions(), {});
-    assert.deepEqual(tracker.changed(), {});
+    assert.deepEqual(tracker.current(), {});
   });
 });
 
