@@ -117,7 +117,7 @@ def build_context(
     suffix = ""
     if sources.suffix:
         suffix = _suffix_window(source, cursor, int(budget * SHARES["suffix"]), counter)
-        remaining -= counter.count(suffix)
+        remaining -= counter.count_lines(suffix)
         if suffix.strip():
             used.append("suffix")
 
@@ -148,10 +148,10 @@ def build_context(
             if "recent" not in used:
                 used.append("recent")
 
-    prefix_bytes_start = _prefix_window(source, line_start, cursor, max(remaining, 32), counter)
+    prefix_bytes_start, prefix_tokens = _prefix_window(source, line_start, cursor, max(remaining, 32), counter)
     window_start_line = source.count(b"\n", 0, prefix_bytes_start)
     prefix = _decode(source[prefix_bytes_start:cursor])
-    remaining -= counter.count(prefix)
+    remaining -= prefix_tokens
 
     preamble: list[str] = []
     if prefix_bytes_start > 0 and snapshot.tree is not None:
@@ -198,25 +198,29 @@ def _fit(items: list[str], remaining: int, share: int, counter: TokenCounter) ->
     return kept, remaining
 
 
-def _prefix_window(source: bytes, line_start: int, cursor: int, budget: int, counter: TokenCounter) -> int:
-    """Byte offset where the prefix window starts: a line start, snapped to WINDOW_STEP lines."""
-    if counter.count(_decode(source[:cursor])) <= budget:
-        return 0
+def _prefix_window(source: bytes, line_start: int, cursor: int, budget: int, counter: TokenCounter) -> tuple[int, int]:
+    """(byte offset where the prefix window starts, its tokens): a line start, snapped to
+    WINDOW_STEP lines so it stays put while the user types."""
+    if cursor <= budget:  # every token is at least one byte: it all fits
+        return 0, counter.count_lines(_decode(source[:cursor]))
     # Estimate how far back the budget reaches, then snap forward to a stable line.
-    estimate = int(budget * 3.0)
+    estimate = int(budget * 3.5)
     start = source.rfind(b"\n", 0, max(0, cursor - estimate)) + 1
     cursor_line = source.count(b"\n", 0, cursor)
     start_line = source.count(b"\n", 0, start)
     snapped_line = min(-(-start_line // WINDOW_STEP) * WINDOW_STEP, cursor_line)
     start = _line_offset(source, snapped_line, start)
-    while start < line_start and counter.count(_decode(source[start:cursor])) > budget:
-        # Too long still (long lines): move forward one step of lines.
+    tokens = counter.count_lines(_decode(source[start:cursor]))
+    while tokens > budget and start < line_start:
+        # Too long still (dense code): move forward one step of lines.
         target = source.count(b"\n", 0, start) + WINDOW_STEP
         start = min(_line_offset(source, min(target, cursor_line), start), line_start)
-    if start == line_start and counter.count(_decode(source[start:cursor])) > budget:
+        tokens = counter.count_lines(_decode(source[start:cursor]))
+    if tokens > budget:
         # One enormous line (minified code): keep its tail only.
         start = max(line_start, cursor - budget * 3)
-    return start
+        tokens = counter.count(_decode(source[start:cursor]))
+    return start, tokens
 
 
 def _line_offset(source: bytes, line: int, hint: int) -> int:
@@ -237,7 +241,7 @@ def _suffix_window(source: bytes, cursor: int, budget: int, counter: TokenCounte
     if end < len(source):
         end = source.rfind(b"\n", cursor, end) + 1 or end
     text = _decode(source[cursor:end])
-    while text and counter.count(text) > budget:
+    while text and counter.count_lines(text) > budget:
         text = text[: max(0, text.rfind("\n", 0, len(text) - 1) + 1)] if "\n" in text[:-1] else ""
     return text
 

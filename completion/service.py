@@ -43,6 +43,7 @@ AUTO, INVOKED = "automatic", "invoked"
 MAX_DEBOUNCE_S = 0.4
 CANCEL_GRACE_S = 0.25  # an abandoned in-flight request waits this long for a taker
 PREFETCH_CONFIDENCE = 0.5  # automatic completions prefetch the next line only when this sure
+PREFETCH_WAIT_STEPS = 20  # x 50 ms: give up a prefetch if the model stays busy this long
 
 
 @dataclass
@@ -284,6 +285,8 @@ class CompletionService:
             if task.done() and self._in_flight.get(request.uri) is flight:
                 del self._in_flight[request.uri]
         timings["modelMs"] = (time.monotonic() - t0) * 1000 - timings["contextMs"]
+        if self.last_prompt is not None:
+            self.last_prompt.setdefault("timings", {}).update(timings)
         best = suggestions[0] if suggestions else None
         if best is not None and plan.single_line and (request.trigger == INVOKED or (best.confidence or 0) >= PREFETCH_CONFIDENCE):
             self._prefetch_next_line(request, model, best.text)
@@ -320,11 +323,19 @@ class CompletionService:
             # Two more candidates, sampled, in the same batch window.
             samplings.append(Sampling(max_tokens=settings.max_tokens, temperature=0.7, stop=plan.prompt.stop, logprobs=True, n=2))
         timeout = settings.timeout_ms / 1000
-        self.last_prompt = {"model": model.name, "prompt": plan.prompt.text, "stop": list(plan.prompt.stop), "maxTokens": settings.max_tokens}
+        self.last_prompt = {
+            "model": model.name,
+            "prompt": plan.prompt.text,
+            "contextSources": plan.context.sources_used,
+            "requests": [model.backend.completion_body(model.name, [plan.prompt.text], s) for s in samplings],
+        }
+        sent = time.monotonic()
         answers = await asyncio.gather(*(self._complete(model, plan.prompt, s, timeout) for s in samplings))
         choices = [c for answer in answers for c in answer]
         group = uuid.uuid4().hex[:12]
+        answered = time.monotonic()
         suggestions = self._postprocess(choices, plan, settings.min_confidence, group)
+        self.last_prompt["timings"] = {"backendMs": (answered - sent) * 1000, "postprocessMs": (time.monotonic() - answered) * 1000}
         self.cache.put(request.uri, request.snapshot.source, request.cursor, [s.text for s in suggestions], group)
         return suggestions
 
@@ -369,6 +380,13 @@ class CompletionService:
         settings = self._settings()
 
         async def run() -> None:
+            # Speculative work goes only when the model has nothing else to do.
+            for _ in range(PREFETCH_WAIT_STEPS):
+                if model.batcher.idle:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                return
             self.stats.prefetches += 1
             plan = self._plan(ahead, model, settings)
             sampling = Sampling(max_tokens=settings.max_tokens, stop=plan.prompt.stop, logprobs=True)

@@ -238,6 +238,12 @@ class Backend:
                 *(self.complete(model, [p], sampling, timeout_s) for p in prompts)
             )
             return [r[0] for r in results]
+        body = self.completion_body(model, prompts, sampling)
+        data = await self._post("/completions", body, timeout_s, prompts=len(prompts))
+        return _parse_completions(data, len(prompts), sampling.n)
+
+    def completion_body(self, model: str, prompts: Sequence[str], sampling: Sampling) -> dict[str, Any]:
+        """The JSON body of a /completions request (the benchmarks replay it verbatim)."""
         body: dict[str, Any] = {
             "model": model,
             "prompt": list(prompts) if len(prompts) > 1 else prompts[0],
@@ -252,8 +258,7 @@ class Backend:
         if sampling.constraint and self.supports_constraints:
             kind, value = sampling.constraint
             body["structured_outputs"] = {kind: json.loads(value) if kind == "json" else value}
-        data = await self._post("/completions", body, timeout_s, prompts=len(prompts))
-        return _parse_completions(data, len(prompts), sampling.n)
+        return body
 
     async def chat(
         self,

@@ -1,6 +1,11 @@
 """The batch window: prompts that arrive within a few milliseconds of each other and share a
 model and sampling parameters go to the backend as ONE list-of-prompts request.
 
+The window adapts: an isolated prompt waits only `window_s` (a few ms: the latency of a lone
+completion barely changes), but while prompts keep arriving (several documents, candidates,
+prefetches) the window stretches to `busy_window_s`, so a burst of requests that the server reads
+and prepares one after the other still leaves as one request.
+
 Completion requests from several documents, several candidates and the next-line prefetch all
 pass through here. A prompt cancelled before its batch is sent never reaches the model; a batch
 whose prompts were all cancelled in flight is aborted (its HTTP request is closed, and vLLM
@@ -44,14 +49,31 @@ class BatchStats:
     largest_batch: int = 0
 
 
+BUSY_AFTER_S = 0.15  # a prompt this soon after the previous one means a burst is under way
+SAME_INSTANT_S = 0.001
+
+
 class Batcher:
-    def __init__(self, backend: Backend, window_s: float = 0.004, max_batch: int = 32):
+    def __init__(
+        self,
+        backend: Backend,
+        window_s: float = 0.003,
+        busy_window_s: float = 0.025,
+        max_batch: int = 32,
+    ):
         self.backend = backend
         self.window_s = window_s
+        self.busy_window_s = busy_window_s
         self.max_batch = max_batch
         self.stats = BatchStats()
         self._open: dict[tuple, _Batch] = {}
         self._in_flight: set[_Batch] = set()
+        self._last_arrival = float("-inf")
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing in flight (speculative work may go now)."""
+        return not self._open and not self._in_flight
 
     async def complete(
         self, model: str, prompt: str, sampling: Sampling, timeout_s: float | None = None
@@ -60,10 +82,16 @@ class Batcher:
         loop = asyncio.get_running_loop()
         entry = _Entry(prompt, loop.create_future())
         key = (model, sampling, timeout_s)
+        now = loop.time()
+        # Prompts of one caller (a request's candidates) arrive in the same instant: that is
+        # not a burst of separate requests.
+        busy = SAME_INSTANT_S < now - self._last_arrival < BUSY_AFTER_S
+        self._last_arrival = now
         batch = self._open.get(key)
         if batch is None:
             batch = self._open[key] = _Batch(model, sampling, timeout_s)
-            batch.timer = loop.call_later(self.window_s, self._send, key)
+            window = self.busy_window_s if busy else self.window_s
+            batch.timer = loop.call_later(window, self._send, key)
         batch.entries.append(entry)
         if len(batch.entries) >= self.max_batch:
             self._send(key)

@@ -92,7 +92,8 @@ class ManagedSettings:
     python: str | None = _opt(None, "str")
     extra_args: tuple = _opt((), "str_list")
     start_timeout_s: int = _opt(900, "int", min=10, max=7_200)
-    max_model_len: int = _opt(2_048, "int", min=256, max=131_072)
+    # Unset: 2,048 for the bundled demo model (its context), 8,192 for others.
+    max_model_len: int | None = _opt(None, "int", min=256, max=131_072)
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,8 @@ class _Invalid(ValueError):
 
 def _check(value: Any, meta: Mapping[str, Any]) -> Any:
     kind = meta["kind"]
-    if value is None and kind in ("url", "secret", "str"):
-        return None
+    if value is None and kind in ("url", "secret", "str", "int"):
+        return None  # null means "not set": the default applies
     if kind in ("str", "secret"):
         if not isinstance(value, str) or not value.strip():
             raise _Invalid("must be a non-empty string")
@@ -268,7 +269,9 @@ def validate(source: str, raw: Mapping[str, Any] | None) -> Layer:
                 )
                 continue
             try:
-                values.setdefault(section, {})[key] = _check(value, f.metadata)
+                checked = _check(value, f.metadata)
+                if checked is not None:  # null: leave the key to lower sources / the default
+                    values.setdefault(section, {})[key] = checked
             except _Invalid as why:
                 problems.append(
                     f"Invalid phi-lsp setting `{section}.{key}` = {_describe(value, f.metadata)}"

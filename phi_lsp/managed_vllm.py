@@ -147,11 +147,12 @@ class ManagedVllm:
     @classmethod
     def from_settings(cls, settings: Settings, model_configured: bool) -> "ManagedVllm":
         managed = settings.managed
+        model = choose_model(settings, model_configured)
         return cls(
-            choose_model(settings, model_configured),
+            model,
             python=managed.python,
             extra_args=managed.extra_args,
-            max_model_len=managed.max_model_len,
+            max_model_len=managed.max_model_len or (2048 if model.is_demo else 8192),
             start_timeout_s=managed.start_timeout_s,
         )
 

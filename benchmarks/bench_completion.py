@@ -1,0 +1,203 @@
+"""Completion benchmarks against a real vLLM serving phi-code-tiny (issue: inline completion).
+Prints figures; asserts nothing.
+
+1. LSP overhead: median latency of an invoked completion through the server vs the very same
+   requests (read back from the server) sent straight to vLLM, interleaved in one run.
+2. Typing: 200 keystrokes at 40 ms with automatic trigger (each keystroke: didChange and an
+   inlineCompletion request, the previous one cancelled, as VS Code does): backend requests, and
+   suggestions delivered for a position that had moved on.
+   Then typing through a shown suggestion: share of requests answered without a new backend request.
+3. Batching: 16 simultaneous completion requests on 16 documents vs the same 16 one by one.
+
+    .venv/bin/python benchmarks/bench_completion.py [--backend-url http://127.0.0.1:8000/v1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx  # noqa: E402
+from common import Editor, add_backend_flag, editor, python_sources, quiet_client_logs, vllm  # noqa: E402
+from lsprotocol import types  # noqa: E402
+
+
+def cut_points(count: int) -> list[tuple[str, str]]:
+    """(name, text up to a cursor) from real files: the cursor after an indented line's first word."""
+    points = []
+    for path in python_sources():
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+        for number in range(40, len(lines), 97):
+            line = lines[number]
+            stripped = line.strip()
+            if stripped and line.startswith("    ") and " " in stripped and not stripped.startswith("#"):
+                head = line[: len(line) - len(stripped)] + stripped.split(" ", 1)[0]
+                points.append((f"{path.stem}_{number}.py", "\n".join(lines[:number] + [head])))
+                if len(points) >= count:
+                    return points
+    return points
+
+
+async def bench_overhead(url: str, root: Path, samples: int) -> None:
+    async with editor(url, root) as ed, httpx.AsyncClient(timeout=60) as http:
+        points = cut_points(samples + 2)
+        for name, text in points[:2]:  # warm up both paths
+            uri = ed.open("warm_" + name, text)
+            await ed.inline(uri)
+        through, direct, inside = [], [], []
+        for name, text in points[2:]:
+            uri = ed.open(name, text)
+            t0 = time.perf_counter()
+            await ed.inline(uri, invoked=True)
+            through.append(time.perf_counter() - t0)
+            last = await ed.command("phi.debug.lastPrompt")
+            inside.append(last["timings"])
+            bodies = [dict(b) for b in last["requests"]]
+            t0 = time.perf_counter()
+            responses = await asyncio.gather(*(http.post(url + "/completions", json=b) for b in bodies))
+            direct.append(time.perf_counter() - t0)
+            assert all(r.status_code == 200 for r in responses)
+    m_through, m_direct = statistics.median(through) * 1000, statistics.median(direct) * 1000
+    print("LSP overhead (invoked completion; the server's own requests replayed straight to vLLM)")
+    print(f"  samples                   : {len(through)}")
+    print(f"  through phi-lsp (median)  : {m_through:.1f} ms")
+    print(f"  straight to vLLM (median) : {m_direct:.1f} ms")
+    for part in ("contextMs", "backendMs", "postprocessMs"):
+        print(f"  server {part:<19}: {statistics.median(t[part] for t in inside):.1f} ms (median)")
+    print(f"  ratio                     : {m_through / m_direct:.3f}   (goal <= 1.10)")
+
+
+TYPED = (
+    "\n\ndef summarize(records, key):\n    totals = {}\n    for record in records:\n"
+    "        value = record.get(key)\n        if value is None:\n            continue\n"
+    "        totals[value] = totals.get(value, 0) + 1\n    ordered = sorted(totals.items(), key=lambda kv: kv[1])\n"
+    "    return dict(ordered[::-1])\n"
+)
+
+
+async def bench_typing(url: str, root: Path) -> None:
+    async with editor(url, root) as ed:
+        base = "import json\nimport os\n\n\ndef load(path):\n    with open(path) as f:\n        return json.load(f)\n"
+        uri = ed.open("typing.py", base)
+        before = (await ed.command("phi.stats"))["backend"]["httpRequests"]
+        keystrokes = (TYPED * 3)[:200]
+        stale = delivered = cancelled = answered = 0
+        pending: asyncio.Future | None = None
+        pending_version = 0
+
+        def settle(future: asyncio.Future, version: int) -> None:
+            nonlocal stale, delivered, cancelled, answered
+            if future.cancelled():
+                return
+            if future.exception() is not None:
+                cancelled += 1  # RequestCancelled (or superseded): answered with an error
+                return
+            answered += 1
+            items = future.result().items if future.result() else []
+            if items:
+                delivered += 1
+                if version != ed.versions[uri]:
+                    stale += 1  # a suggestion arrived for a document that had changed
+
+        for char in keystrokes:
+            if pending is not None and not pending.done():
+                ed.client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=pending.msg_id))
+            ed.type(uri, char)
+            msg_id = f"k{ed.versions[uri]}"
+            future = asyncio.wrap_future(ed.client.protocol.send_request(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, ed.inline_params(uri, invoked=False), msg_id=msg_id))
+            future.msg_id = msg_id
+            version = ed.versions[uri]
+            future.add_done_callback(lambda f, v=version: settle(f, v))
+            pending, pending_version = future, version
+            await asyncio.sleep(0.040)
+        await asyncio.wait([pending], timeout=15)
+        await asyncio.sleep(0.2)
+        after = (await ed.command("phi.stats"))["backend"]["httpRequests"]
+        stats = await ed.command("phi.stats")
+    print("Typing: 200 keystrokes at 40 ms, automatic trigger")
+    print(f"  backend requests          : {after - before}   (goal <= 25)")
+    print(f"  answered / errors (cancel): {answered} / {cancelled}")
+    print(f"  suggestions delivered     : {delivered}; for a stale position: {stale}   (goal 0)")
+    print(f"  completion stats          : debounced away {stats['completion']['debouncedAway']}, "
+          f"superseded {stats['completion']['superseded']}, stale dropped {stats['completion']['stale']}")
+
+
+async def bench_type_through(url: str, root: Path, rounds: int) -> None:
+    served_without_backend = total = 0
+    async with editor(url, root) as ed:
+        for index, (name, text) in enumerate(cut_points(rounds * 3)[: rounds * 3]):
+            uri = ed.open(f"through_{index}.py", text)
+            suggestions = await ed.inline(uri, invoked=False)
+            if not suggestions or len(suggestions[0]) < 3:
+                continue
+            suggestion = suggestions[0]
+            for k in range(1, len(suggestion)):
+                ed.type(uri, suggestion[k - 1])
+                before = (await ed.command("phi.stats"))["backend"]["httpRequests"]
+                answer = await ed.inline(uri, invoked=False)
+                after = (await ed.command("phi.stats"))["backend"]["httpRequests"]
+                total += 1
+                if after == before and answer and answer[0] == suggestion[k:]:
+                    served_without_backend += 1
+            rounds -= 1
+            if rounds == 0:
+                break
+    print("Typing through a shown suggestion")
+    print(f"  requests while typing it  : {total}")
+    print(f"  answered without backend  : {served_without_backend} ({served_without_backend / max(total, 1):.0%})   (goal >= 90%)")
+
+
+async def bench_batching(url: str, root: Path, documents: int) -> None:
+    async with editor(url, root, debounceMs=0) as ed:
+        points = cut_points(documents * 2 + 2)
+        warm = ed.open("warm.py", points[0][1])
+        await ed.inline(warm, invoked=False)
+        one_by_one = [ed.open(f"seq_{i}.py", t) for i, (_, t) in enumerate(points[2 : 2 + documents])]
+        together = [ed.open(f"par_{i}.py", t) for i, (_, t) in enumerate(points[2 + documents : 2 + 2 * documents])]
+        r0 = (await ed.command("phi.stats"))["backend"]["httpRequests"]
+        t0 = time.perf_counter()
+        for uri in one_by_one:
+            await ed.inline(uri, invoked=False)
+        sequential = time.perf_counter() - t0
+        r1 = (await ed.command("phi.stats"))["backend"]["httpRequests"]
+        t0 = time.perf_counter()
+        await asyncio.gather(*(ed.inline(uri, invoked=False) for uri in together))
+        concurrent = time.perf_counter() - t0
+        r2 = (await ed.command("phi.stats"))["backend"]["httpRequests"]
+    print(f"Batching: {documents} completion requests on {documents} documents")
+    print(f"  one by one                : {sequential:.2f} s, {r1 - r0} HTTP requests")
+    print(f"  simultaneously            : {concurrent:.2f} s, {r2 - r1} HTTP requests")
+    print(f"  throughput ratio          : {sequential / concurrent:.1f}x   (goal >= 4x)")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_backend_flag(parser)
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--only", choices=("overhead", "typing", "batching"))
+    args = parser.parse_args()
+    quiet_client_logs()
+    async with vllm(args.backend_url) as url:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            if args.only in (None, "overhead"):
+                await bench_overhead(url, root / "overhead", args.samples)
+                print()
+            if args.only in (None, "typing"):
+                await bench_typing(url, root / "typing")
+                await bench_type_through(url, root / "through", rounds=8)
+                print()
+            if args.only in (None, "batching"):
+                await bench_batching(url, root / "batching", 16)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
