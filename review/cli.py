@@ -1,0 +1,155 @@
+"""`phi-lsp review PATH...`: the review pipeline from the command line.
+
+Files (and the source files under directories) are reviewed together: their units go to the
+backend as list-of-prompts requests of up to `review.batchSize` prompts. Secret and
+`privacy.exclude`d files are never sent. Output goes to stdout in the chosen format, a progress
+bar to stderr when it is a terminal.
+
+Exit status: 1 when a finding at or above `--fail-on` exists; otherwise 2 when the review
+could not be completed (no backend, a request failed, a path does not exist); else 0.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from phi_lsp import positions, syntax
+from phi_lsp.config import SettingsManager
+from phi_lsp.documents import Snapshot
+from phi_lsp.privacy import PrivacyFilter
+from phi_lsp.symbols import MAX_FILE_BYTES, SymbolIndex, iter_source_files
+
+from . import formats
+from .pipeline import FileJob, Reviewer, ReviewOptions
+
+MAX_CLI_FILES = 5_000
+
+
+class ProgressBar:
+    """`[#####.....] 12/32 units` on stderr, only on a terminal."""
+
+    def __init__(self, enabled: bool, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self._shown = False
+
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        width = 30
+        filled = int(width * done / total)
+        self.stream.write(f"\r\033[Kphi-lsp review [{'#' * filled}{'.' * (width - filled)}] {done}/{total} units")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._shown = False
+
+
+def collect_files(paths: list[str], privacy: PrivacyFilter) -> tuple[list[Path], list[str]]:
+    """The files to review, and problems to report (missing paths, excluded files)."""
+    files: list[Path] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = list(iter_source_files([path], privacy.is_excluded))
+        elif path.is_file():
+            if privacy.is_excluded(str(path.resolve())):
+                problems.append(f"{raw}: not reviewed: excluded by privacy settings (secrets never leave the machine)")
+                continue
+            found = [path]
+        else:
+            problems.append(f"{raw}: no such file or directory")
+            continue
+        for file in found:
+            key = file.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(file)
+    return files[:MAX_CLI_FILES], problems
+
+
+def load_job(path: Path) -> FileJob | None:
+    """A file as a review job (None when it has no grammar or cannot be read)."""
+    language = syntax.language_for(str(path))
+    if language is None:
+        return None
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return None
+        source = path.read_bytes()
+    except OSError:
+        return None
+    tree = syntax.parse(language, source)
+    snapshot = Snapshot(path.resolve().as_uri(), 0, language, source, tree, positions.UTF16)
+    return FileJob(snapshot, formats.display_path(str(path)))
+
+
+async def run_review(
+    manager: SettingsManager, paths: list[str], fmt: str = "text", fail_on: str = "never", progress: bool = True
+) -> int:
+    from phi_lsp.managed_vllm import ManagedVllmError
+    from phi_lsp.runtime import cli_backend
+    from phi_lsp.tokens import TokenCounter
+
+    settings = manager.settings
+    privacy = PrivacyFilter(settings.privacy, [Path.cwd()])
+    files, problems = collect_files(paths, privacy)
+    incomplete = any("no such file" in p for p in problems)
+    for problem in problems:
+        print(f"phi-lsp: {problem}", file=sys.stderr)
+    jobs = [job for job in map(load_job, files) if job is not None]
+    if not jobs:
+        print("phi-lsp: nothing to review (no source files with a known language)", file=sys.stderr)
+        _emit(fmt, [], "", None, 0.0)
+        return 2 if incomplete else 0
+
+    index = SymbolIndex(exclude=privacy.is_excluded)
+    roots = {Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent for p in paths if Path(p).exists()}
+    await index.build(sorted(roots))
+
+    bar = ProgressBar(progress and sys.stderr.isatty())
+    started = time.monotonic()
+    try:
+        async with cli_backend(manager) as cb:
+            if cb.note:
+                print(f"phi-lsp: {cb.note}", file=sys.stderr)
+            options = ReviewOptions.from_settings(settings.review, cb.review_model, cb.backend)
+            counter = TokenCounter.for_model(cb.model_source)
+            reviewer = Reviewer()
+            try:
+                results = await reviewer.review(
+                    jobs, cb.backend, options, lookup=index.lookup, clean=privacy.clean,
+                    count_tokens=counter.count, on_progress=bar.update,
+                )
+            finally:
+                bar.close()
+            model = cb.review_model
+            requests = reviewer.stats.requests
+    except ManagedVllmError as exc:
+        print(f"phi-lsp: {exc}", file=sys.stderr)
+        return 2
+    _emit(fmt, results, model, requests, time.monotonic() - started)
+    errors = sorted({r.error for r in results if r.error})
+    for error in errors:
+        print(f"phi-lsp: some units were not reviewed: {error}", file=sys.stderr)
+    if formats.fails(results, fail_on):
+        return 1
+    return 2 if errors or incomplete else 0
+
+
+def _emit(fmt: str, results, model: str, requests: int | None, seconds: float) -> None:
+    if fmt == "json":
+        sys.stdout.write(formats.format_json(results, model, requests, seconds))
+    elif fmt == "sarif":
+        sys.stdout.write(formats.format_sarif(results, model))
+    else:
+        sys.stdout.write(formats.format_text(results))
+    sys.stdout.flush()

@@ -1,0 +1,318 @@
+"""Review prompts and the constraint on the answer.
+
+The answer to every prompt is one JSON list of findings on one line, in a fixed shape:
+
+    [{"lines": [5, 5], "severity": "warning", "category": "bug", "message": "...",
+      "code": "<the exact code the finding is about>", "fix": "<replacement>" | null}]
+
+On vLLM the answer is constrained by a regular expression (vLLM structured outputs, "regex")
+that pins every space, the key order, the allowed severities and categories, and bounds the
+number of findings and the length of each string: whatever the model does, the text parses,
+and it is short. (A JSON-schema constraint would let a weak model fill the whitespace the
+schema allows until max_tokens; a regex leaves none.) Backends without structured outputs
+(`backend.kind = openai`) get the same prompt unconstrained; the parser then looks for the
+list in whatever came back, and validation does the rest.
+
+Prompt modes:
+- "raw" (base models such as the demo model): a few-shot "code review notes" document; the
+  model continues it after "Review:" with the list.
+- "phi3" (Phi-3, Phi-3.5, Phi-4-mini): `<|system|>...<|end|><|user|>...<|end|><|assistant|>`.
+- "chatml" (Phi-4): `<|im_start|>system<|im_sep|>...<|im_end|>...`.
+Chat prompts are rendered here and sent to /v1/completions like raw ones, so all units of a
+save still go out as one list-of-prompts request.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .units import Unit
+
+SEVERITIES = ("error", "warning", "info", "hint")
+CATEGORIES = ("bug", "security", "performance", "style", "maintainability")
+MAX_FINDINGS_PER_UNIT = 5
+MAX_MESSAGE_CHARS = 200
+MAX_CODE_CHARS = 400
+MAX_FIX_CHARS = 600
+
+# The smallest context of the models phi-lsp runs (the demo model's 2,048 tokens): every
+# prompt plus its answer budget fits in it, so one oversized prompt never fails a whole batch.
+CONTEXT_TOKENS = 2_048
+CHARS_PER_TOKEN = 3.2  # estimate when the model's tokenizer is not at hand (errs long)
+MAX_IMPORT_LINES = 24
+MAX_SIGNATURES = 8
+MAX_CONTEXT_CHARS = 900
+
+_FENCE = {"python": "python", "javascript": "javascript", "typescript": "typescript", "tsx": "tsx",
+          "go": "go", "rust": "rust", "java": "java", "c": "c", "cpp": "cpp"}
+
+
+# -- the constraint --------------------------------------------------------------------------
+
+
+def _string(non_empty: bool = False) -> str:
+    # A JSON string: no raw control characters, only simple escapes. Its length is not bounded
+    # in the regex (bounded repetitions made vLLM's per-token masks several times slower here);
+    # max_tokens bounds it, and an answer cut there counts as truncated.
+    return r'"(?:[^"\\\x00-\x1f]|\\["\\/nt])' + ("+" if non_empty else "*") + '"'
+
+
+def answer_regex(max_findings: int = MAX_FINDINGS_PER_UNIT) -> str:
+    number = r"[1-9][0-9]{0,5}"
+    finding = (
+        r'\{"lines": \[' + number + ", " + number + r'\], '
+        r'"severity": "(?:' + "|".join(SEVERITIES) + r')", '
+        r'"category": "(?:' + "|".join(CATEGORIES) + r')", '
+        r'"message": ' + _string(non_empty=True) + ", "
+        r'"code": ' + _string(non_empty=True) + ", "
+        r'"fix": (?:null|' + _string() + r")\}"
+    )
+    more = r"(?:, " + finding + r"){0,%d}" % (max_findings - 1)
+    return r"\[(?:" + finding + more + r")?\]"
+
+
+def constraint() -> tuple[str, str]:
+    return ("regex", answer_regex())
+
+
+# -- prompt modes ----------------------------------------------------------------------------
+
+
+def resolve_mode(mode: str, model: str) -> str:
+    """"raw", "phi3" or "chatml" for a promptMode setting and a served model name."""
+    name = model.lower().replace("_", "-")
+    family = "chatml" if re.search(r"phi-?4(?!-?mini)", name) else "phi3"
+    if mode == "chat":
+        return family
+    if mode == "raw":
+        return "raw"
+    # auto: the Phi instruct models get a chat prompt; anything else (base models) raw.
+    if re.search(r"phi-?3|phi-?4", name) and "base" not in name:
+        return family
+    return "raw"
+
+
+def stop_sequences(mode: str) -> tuple[str, ...]:
+    """Where an unconstrained answer ends (constrained answers end with the regex)."""
+    if mode == "raw":
+        return ("\n## ", "\nReview:")
+    if mode == "phi3":
+        return ("<|end|>", "<|endoftext|>")
+    return ("<|im_end|>",)
+
+
+# -- context ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptContext:
+    path: str  # as shown to the model (workspace-relative where possible)
+    language: str | None
+    imports: list[str] = field(default_factory=list)
+    signatures: list[str] = field(default_factory=list)
+
+
+def file_imports(snapshot) -> list[str]:
+    """The file's import statements (one entry per line), bounded."""
+    from phi_lsp import syntax
+
+    if snapshot.tree is None:
+        return []
+    kinds = syntax.spec_for(snapshot.language).imports
+    lines: list[str] = []
+    for node in snapshot.tree.root_node.named_children:
+        if node.type in kinds:
+            text = snapshot.source[node.start_byte : node.end_byte].decode("utf-8", "replace")
+            lines.extend(line.rstrip() for line in text.splitlines() if line.strip())
+            if len(lines) >= MAX_IMPORT_LINES:
+                return lines[:MAX_IMPORT_LINES]
+    return lines
+
+
+def signatures_for(unit: Unit, lookup: Callable[[str], list]) -> list[str]:
+    """Signatures of what the unit calls, from the workspace index (`lookup(name)` gives
+    Definitions). Its own name is skipped; each signature appears once."""
+    own = unit.name.split(" (part")[0].rsplit(".", 1)[-1]
+    found: list[str] = []
+    for name in unit.calls:
+        if name == own:
+            continue
+        for definition in lookup(name)[:2]:
+            signature = definition.signature
+            if definition.container:
+                signature = f"{signature}  # in class {definition.container}"
+            if signature not in found:
+                found.append(signature)
+        if len(found) >= MAX_SIGNATURES:
+            break
+    return found[:MAX_SIGNATURES]
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+_INSTRUCTIONS = (
+    "Each snippet below is followed by its review: a JSON list of findings on one line, [] when "
+    "the code is fine. A finding has \"lines\": [first, last] (the snippet's line numbers), a "
+    "\"severity\" (error, warning, info, hint), a \"category\" (bug, security, performance, style, "
+    "maintainability), a \"message\", \"code\": the exact code it is about, copied from the snippet "
+    "without line numbers, and \"fix\": the code that replaces that code, or null. Only real "
+    "problems are reported, at most five per snippet."
+)
+
+_EXAMPLES = [
+    (
+        "stats.py, function average",
+        [],
+        "python",
+        3,
+        ["def average(values):", "    total = sum(values)", "    return total / len(values)"],
+        '[{"lines": [5, 5], "severity": "warning", "category": "bug", "message": "Division by zero '
+        'when values is empty.", "code": "total / len(values)", "fix": "total / len(values) if values '
+        'else 0.0"}]',
+    ),
+    (
+        "files.py, function read_text",
+        [],
+        "python",
+        10,
+        ["def read_text(path):", '    with open(path, encoding="utf-8") as f:', "        return f.read()"],
+        "[]",
+    ),
+    (
+        "users.py, method Users.find",
+        ["class Users:"],
+        "python",
+        21,
+        [
+            "    def find(self, name):",
+            "        query = \"SELECT * FROM users WHERE name = '%s'\" % name",
+            "        return self.db.execute(query).fetchall()",
+        ],
+        '[{"lines": [22, 22], "severity": "error", "category": "security", "message": "SQL injection: '
+        'name is formatted into the query; pass it as a parameter.", "code": "query = \\"SELECT * FROM '
+        "users WHERE name = '%s'\\\" % name\", \"fix\": null}]",
+    ),
+]
+
+
+def numbered(unit: Unit) -> str:
+    """The unit's lines with 1-based file line numbers; a gap (elided methods) shows as "...".
+    The text is decoded leniently: prompts are text, the bytes stay with the unit."""
+    width = len(str(unit.last_line + 1))
+    out: list[str] = []
+    previous: int | None = None
+    for line, text in zip(unit.lines, unit.text):
+        if previous is not None and line != previous + 1:
+            out.append(f"{'':>{width}} | ...")
+        out.append(f"{line + 1:>{width}} | {text.decode('utf-8', 'replace')}")
+        previous = line
+    return "\n".join(out)
+
+
+def _numbered_plain(first: int, lines: list[str]) -> str:
+    width = len(str(first + len(lines)))
+    return "\n".join(f"{first + i:>{width}} | {text}" for i, text in enumerate(lines))
+
+
+def _context_block(context_lines: list[str]) -> str:
+    if not context_lines:
+        return ""
+    return "Context:\n" + "\n".join("  " + line for line in context_lines) + "\n"
+
+
+def _context_lines(unit: Unit, ctx: PromptContext, keep_imports: bool, keep_signatures: bool) -> list[str]:
+    lines: list[str] = []
+    budget = MAX_CONTEXT_CHARS
+    if keep_imports:
+        for line in ctx.imports:
+            if budget - len(line) < 0:
+                break
+            lines.append(line)
+            budget -= len(line)
+    if unit.header:
+        lines.append(unit.header)
+    if keep_signatures and ctx.signatures:
+        calls = [s for s in ctx.signatures if len(s) <= budget]
+        if calls:
+            lines.append("Calls (defined elsewhere):")
+            for signature in calls:
+                if budget - len(signature) < 0:
+                    break
+                lines.append("  " + signature)
+                budget -= len(signature)
+    return lines
+
+
+def _title(unit: Unit, path: str) -> str:
+    return f"{path}, {unit.kind} {unit.name}" if unit.kind != "module" else f"{path}, module-level code"
+
+
+def render_raw(unit: Unit, ctx: PromptContext, examples: int, keep_imports=True, keep_signatures=True) -> str:
+    parts = ["# Code review notes\n\n", _INSTRUCTIONS, "\n"]
+    for number, (title, context, language, first, lines, answer) in enumerate(_EXAMPLES[:examples], 1):
+        parts.append(
+            f"\n## Snippet {number}: {title}\n{_context_block(context)}```{language}\n"
+            f"{_numbered_plain(first, lines)}\n```\nReview:\n{answer}\n"
+        )
+    fence = _FENCE.get(ctx.language or "", "")
+    parts.append(
+        f"\n## Snippet {examples + 1}: {_title(unit, ctx.path)}\n"
+        f"{_context_block(_context_lines(unit, ctx, keep_imports, keep_signatures))}"
+        f"```{fence}\n{numbered(unit)}\n```\nReview:\n"
+    )
+    return "".join(parts)
+
+
+_SYSTEM = (
+    "You are a careful senior code reviewer. You review one snippet of a file at a time and "
+    "report only real problems: bugs, security issues, performance problems, and clear style or "
+    "maintainability issues. " + _INSTRUCTIONS.replace("Each snippet below is followed by its review",
+                                                       "Answer with only the review")
+    + " Example answer: " + _EXAMPLES[0][5]
+)
+
+
+def render_chat(unit: Unit, ctx: PromptContext, mode: str, keep_imports=True, keep_signatures=True) -> str:
+    fence = _FENCE.get(ctx.language or "", "")
+    user = (
+        f"Review this snippet ({_title(unit, ctx.path)}).\n"
+        f"{_context_block(_context_lines(unit, ctx, keep_imports, keep_signatures))}"
+        f"```{fence}\n{numbered(unit)}\n```"
+    )
+    if mode == "chatml":
+        return (
+            f"<|im_start|>system<|im_sep|>{_SYSTEM}<|im_end|>"
+            f"<|im_start|>user<|im_sep|>{user}<|im_end|><|im_start|>assistant<|im_sep|>"
+        )
+    return f"<|system|>\n{_SYSTEM}<|end|>\n<|user|>\n{user}<|end|>\n<|assistant|>\n"
+
+
+def estimate_tokens(text: str) -> int:
+    return int(len(text) / CHARS_PER_TOKEN) + 1
+
+
+def render(
+    unit: Unit,
+    ctx: PromptContext,
+    mode: str,
+    max_tokens: int,
+    count_tokens: Callable[[str], int] | None = None,
+    clean: Callable[[str], str] = lambda text: text,
+) -> str | None:
+    """The prompt for one unit, made to fit CONTEXT_TOKENS with room for the answer: context
+    is dropped first (signatures, then imports), then few-shot examples. None when even the
+    bare prompt does not fit (the unit is then counted as too long, never sent)."""
+    count = count_tokens or estimate_tokens
+    budget = max(256, CONTEXT_TOKENS - max_tokens - 16)
+    ladder = [(True, True, 3), (True, False, 3), (False, False, 3), (False, False, 1)]
+    for keep_imports, keep_signatures, examples in ladder:
+        if mode == "raw":
+            prompt = render_raw(unit, ctx, examples, keep_imports, keep_signatures)
+        else:
+            prompt = render_chat(unit, ctx, mode, keep_imports, keep_signatures)
+        prompt = clean(prompt)
+        if count(prompt) <= budget:
+            return prompt
+    return None
