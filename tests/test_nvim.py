@@ -85,15 +85,13 @@ require("phi_lsp").setup({{
     )
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory, vllm_url):
-    """Run the whole Neovim session once; the tests read its record."""
+def run_neovim(base: Path, vllm_url: str, scenario: str) -> dict:
+    """One headless Neovim session driven by tests/nvim/drive.lua; returns its record."""
     nvim, why = find_nvim()
     if nvim is None:
         if REQUIRE_VLLM:
             pytest.fail(f"Neovim is required here (PHI_LSP_REQUIRE_VLLM=1): {why}")
         pytest.skip(why)
-    base = tmp_path_factory.mktemp("nvim")
     workspace = base / "workspace"
     workspace.mkdir()
     (workspace / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0.0.0"\n')
@@ -105,6 +103,7 @@ def session(tmp_path_factory, vllm_url):
         **os.environ,
         "PHI_NVIM_RESULT": str(result_path),
         "PHI_NVIM_WORKSPACE": str(workspace),
+        "PHI_NVIM_SCENARIO": scenario,
         "PHI_NVIM_DEADLINE_MS": str((RUN_TIMEOUT_S - 30) * 1000),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
@@ -131,6 +130,18 @@ def session(tmp_path_factory, vllm_url):
     record["output"] = output
     record["lsp_log"] = log_tail
     return record
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory, vllm_url):
+    """Neovim 0.11 as it is: ghost text and the completion menu from textDocument/completion."""
+    return run_neovim(tmp_path_factory.mktemp("nvim"), vllm_url, "completion")
+
+
+@pytest.fixture(scope="module")
+def inline_session(tmp_path_factory, vllm_url):
+    """The same plugin where vim.lsp.inline_completion exists (stood in for by a recorder)."""
+    return run_neovim(tmp_path_factory.mktemp("nvim-inline"), vllm_url, "inline")
 
 
 def step(session: dict, name: str) -> dict:
@@ -248,3 +259,20 @@ def test_checkhealth(session):
     for expected in ("vim.lsp.config", "setup() called", "found", "client", "backend ready"):
         assert any(expected in line for line in ok_lines), f"no OK line with {expected!r}:\n{text}"
     assert not [line for line in r["lines"] if "ERROR" in line], text
+
+
+def test_inline_completion_is_used_where_neovim_has_it(inline_session):
+    r = step(inline_session, "attach")
+    assert r["inline_completion_provider"]
+    assert r["suggestion_mode"] == "inline"
+    r = step(inline_session, "inline")
+    enables = [c for c in inline_session["inline_calls"] if c["fn"] == "enable"]
+    assert enables and enables[0]["enable"] is True and enables[0]["filter"]["bufnr"] >= 1
+    gets = [c for c in inline_session["inline_calls"] if c["fn"] == "get"]
+    assert gets and gets[0]["opts"]["bufnr"] >= 1  # the accept key
+    assert r["ghost_extmarks"] == 0  # the plugin's own ghost text stays off
+    # The server's inline answer, through Neovim's client: the suggestion at the cursor.
+    assert r["items"], "the server offered no inline completion item"
+    item = r["items"][0]
+    assert item["insertText"].split("\n")[0] == " np"
+    assert item["command"]["command"] == "phi.acceptCompletion"

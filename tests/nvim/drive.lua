@@ -12,7 +12,26 @@ local out_path = assert(os.getenv("PHI_NVIM_RESULT"), "PHI_NVIM_RESULT is not se
 local workspace = assert(os.getenv("PHI_NVIM_WORKSPACE"), "PHI_NVIM_WORKSPACE is not set")
 local deadline_ms = tonumber(os.getenv("PHI_NVIM_DEADLINE_MS") or "") or 480000
 
-local results = { steps = {}, notifications = {}, publishes = {}, events = {} }
+local results = { steps = {}, notifications = {}, publishes = {}, events = {}, inline_calls = {} }
+
+-- PHI_NVIM_SCENARIO=inline: Neovim 0.12's vim.lsp.inline_completion, stood in for by a recorder
+-- (this Neovim is 0.11). Showing the text is Neovim's own business; what is checked is that the
+-- plugin detects the feature and hands the buffer and the accept key to it.
+local scenario = os.getenv("PHI_NVIM_SCENARIO") or "completion"
+if scenario == "inline" then
+  vim.lsp.inline_completion = {
+    enable = function(enable, filter)
+      table.insert(results.inline_calls, { fn = "enable", enable = enable, filter = filter })
+    end,
+    get = function(opts)
+      table.insert(results.inline_calls, { fn = "get", opts = opts })
+      return true
+    end,
+    select = function(opts)
+      table.insert(results.inline_calls, { fn = "select", opts = opts })
+    end,
+  }
+end
 local started = vim.uv.now()
 
 -- What the user would have seen as messages.
@@ -138,7 +157,7 @@ end
 
 local bufnr, client, uri
 
-local function main()
+local function attach_step()
   step("attach", function(r)
     vim.cmd.edit(vim.fs.joinpath(workspace, "example.py"))
     bufnr = api.nvim_get_current_buf()
@@ -160,6 +179,46 @@ local function main()
     r.init_options = client.config.init_options
     r.settings = client.settings
   end)
+end
+
+local function main_inline()
+  attach_step()
+  step("inline", function(r)
+    r.mode = phi.suggestion_mode(bufnr)
+    local text = line(1)
+    client:request("textDocument/inlineCompletion", {
+      textDocument = { uri = uri },
+      position = { line = 0, character = #text },
+      context = { triggerKind = 1 },
+    }, function(err, result)
+      r.answer = { err = err or vim.NIL, result = result or vim.NIL }
+    end, bufnr)
+    local answer = wait_for("the textDocument/inlineCompletion answer", 60000, function()
+      return r.answer
+    end)
+    if answer.err ~= vim.NIL then
+      error("inline completion failed: " .. vim.inspect(answer.err), 0)
+    end
+    r.items = type(answer.result) == "table" and (answer.result.items or answer.result) or {}
+    api.nvim_win_set_cursor(0, { 1, 0 })
+    feed("A")
+    wait_for("insert mode", 5000, function()
+      return api.nvim_get_mode().mode == "i"
+    end)
+    feed(phi.options.keymaps.accept)
+    wait_for("the accept key to call vim.lsp.inline_completion.get()", 5000, function()
+      return #vim.tbl_filter(function(c)
+        return c.fn == "get"
+      end, results.inline_calls) > 0
+    end)
+    r.ghost_extmarks = #api.nvim_buf_get_extmarks(bufnr, require("phi_lsp.suggest").namespace, 0, -1, {})
+    r.line_after = line(1)
+    to_normal_mode()
+  end)
+end
+
+local function main()
+  attach_step()
 
   step("status", function(r)
     local status = wait_for("a phi/status notification saying ready", 30000, function()
@@ -330,7 +389,11 @@ vim.defer_fn(function()
 end, deadline_ms)
 
 co = coroutine.create(function()
-  main()
+  if scenario == "inline" then
+    main_inline()
+  else
+    main()
+  end
   finish()
 end)
 vim.schedule(resume)

@@ -45,8 +45,8 @@ local defaults = {
     --- vim.lsp.completion.get()).
     popup = true,
   },
-  --- Insert-mode keys (false turns one off). accept falls back to the key itself when nothing
-  --- is shown, so "<Tab>" works as an accept key too.
+  --- Insert-mode keys (false turns one off). When no suggestion is shown a key keeps its own
+  --- meaning (so accept = "<Tab>" works), except Alt keys, which then do nothing.
   keymaps = {
     accept = "<M-l>",
     dismiss = "<C-]>",
@@ -295,11 +295,13 @@ local function map_keys(bufnr)
     if not lhs or lhs == "" then
       return
     end
+    -- Unused, Tab or <C-]> keep their meaning; an Alt key would leave insert mode, so it does nothing.
+    local fallback = lhs:match("^<[MmAa]%-") and "" or lhs
     vim.keymap.set("i", lhs, function()
       if fn(bufnr) then
         return ""
       end
-      return lhs
+      return fallback
     end, { buffer = bufnr, expr = true, silent = true, desc = "phi-lsp: " .. desc })
   end
   imap(keys.accept, M.accept, "accept the suggestion")
@@ -544,7 +546,7 @@ function M.setup(opts)
       vim.schedule(redraw_status)
     end,
   })
-  vim.lsp.config(M.name, config)
+  vim.lsp.config[M.name] = config -- replaces what an earlier setup() said
   vim.lsp.enable(M.name)
 
   local group = api.nvim_create_augroup("phi_lsp", { clear = true })
