@@ -372,17 +372,18 @@ describe('phi-lsp with a VS Code-like client (vscode-languageserver-protocol)', 
     assert.ok(initializeResult.capabilities.inlineCompletionProvider || registered, 'no textDocument/inlineCompletion provider');
   });
 
-  it('completes `import numpy as` with ` np`', { timeout: COMPLETION_MS }, async () => {
+  it('completes `import numpy as` with ` np`', { timeout: COMPLETION_MS }, async (t) => {
     mainUri = s.open('main.py', 'import numpy as');
     const position = { line: 0, character: 'import numpy as'.length };
     const result = await s.inlineCompletion(mainUri, position);
     const items = itemsOf(result);
     assert.ok(items.length > 0, `no suggestion for "import numpy as": ${JSON.stringify(result)}\n${s.context()}`);
     const accepted = items.map((item) => acceptedLine(item, s.texts.get(mainUri), position));
+    t.diagnostic(`accepted line(s): ${JSON.stringify(accepted)}`);
     assert.ok(accepted.some((line) => line.startsWith('import numpy as np')), `suggestions: ${JSON.stringify(accepted)}`);
   });
 
-  it('completes `def add(a, b):\\n    return` with ` a + b` after incremental edits, and takes the accept command', { timeout: COMPLETION_MS }, async () => {
+  it('completes `def add(a, b):\\n    return` with ` a + b` after incremental edits, and takes the accept command', { timeout: COMPLETION_MS }, async (t) => {
     s.append(mainUri, ' np\n\n');
     s.append(mainUri, 'def add(a, b):\n');
     s.append(mainUri, '    return');
@@ -392,6 +393,7 @@ describe('phi-lsp with a VS Code-like client (vscode-languageserver-protocol)', 
     const items = itemsOf(result);
     assert.ok(items.length > 0, `no suggestion after "return": ${JSON.stringify(result)}\n${s.context()}`);
     const accepted = items.map((item) => acceptedLine(item, text, position));
+    t.diagnostic(`accepted line(s): ${JSON.stringify(accepted)}`);
     assert.ok(accepted.some((line) => line.replace(/\s+$/, '').startsWith('    return a + b')), `suggestions: ${JSON.stringify(accepted)}`);
     // VS Code runs the item's command when the user accepts it.
     const command = items[0].command;
@@ -400,7 +402,7 @@ describe('phi-lsp with a VS Code-like client (vscode-languageserver-protocol)', 
     }
   });
 
-  it('answers a cancelled inline completion exactly once (RequestCancelled or empty)', { timeout: COMPLETION_MS }, async () => {
+  it('answers a cancelled inline completion exactly once (RequestCancelled or empty)', { timeout: COMPLETION_MS }, async (t) => {
     s.append(mainUri, ' a + b\n\n\ndef multiply(x, y):\n    return');
     const position = endOf(s.texts.get(mainUri));
     for (const delay of [0, 20, 200]) {
@@ -413,6 +415,7 @@ describe('phi-lsp with a VS Code-like client (vscode-languageserver-protocol)', 
       } catch (error) {
         outcome = { error };
       }
+      t.diagnostic(`cancelled after ${delay} ms: ${outcome.error ? `error ${outcome.error.code}` : `${itemsOf(outcome.result).length} item(s)`}`);
       if (outcome.error) {
         assert.ok(outcome.error instanceof lsp.ResponseError, `cancelled request failed locally: ${outcome.error}`);
         assert.equal(outcome.error.code, REQUEST_CANCELLED, `cancelled request answered with error ${outcome.error.code}: ${outcome.error.message}`);
@@ -449,7 +452,7 @@ describe('phi-lsp with a VS Code-like client (vscode-languageserver-protocol)', 
   let diagnostics = [];
   let reviewUri;
 
-  it('reviews on save: publishDiagnostics arrives, every phi-review diagnostic well-formed', { timeout: REVIEW_MS + 10 * SECOND }, async () => {
+  it('reviews on save: publishDiagnostics arrives, every phi-review diagnostic well-formed', { timeout: REVIEW_MS + 10 * SECOND }, async (t) => {
     reviewUri = s.open('review_me.py', [
       'import os',
       '',
@@ -475,10 +478,11 @@ describe('phi-lsp with a VS Code-like client (vscode-languageserver-protocol)', 
       assert.equal(published.version, s.versions.get(reviewUri));
     }
     diagnostics = published.diagnostics.filter((d) => d.source === REVIEW_SOURCE);
+    t.diagnostic(`${published.diagnostics.length} diagnostic(s) after save: ${JSON.stringify(published.diagnostics.map((d) => d.message))}`);
     for (const diagnostic of published.diagnostics) assertDiagnostic(diagnostic, s.texts.get(reviewUri));
   });
 
-  it('answers codeAction with well-formed quick fixes for the findings', { timeout: COMPLETION_MS }, async () => {
+  it('answers codeAction with well-formed quick fixes for the findings', { timeout: COMPLETION_MS }, async (t) => {
     const text = s.texts.get(reviewUri);
     const whole = { start: { line: 0, character: 0 }, end: endOf(text) };
     const result = await s.request(lsp.CodeActionRequest.type, {
@@ -500,6 +504,7 @@ describe('phi-lsp with a VS Code-like client (vscode-languageserver-protocol)', 
       }
       actions.push(action);
     }
+    t.diagnostic(`${actions.length} code action(s): ${JSON.stringify(actions.map((a) => a.title))}`);
     for (const diagnostic of diagnostics.filter((d) => typeof d.data?.replacement === 'string')) {
       const fix = actions.find((a) => (a.kind ?? '').startsWith('quickfix') && (a.diagnostics ?? []).some((d) => d.data?.findingId === diagnostic.data.findingId));
       assert.ok(fix, `no quick fix for finding ${diagnostic.data.findingId} that has a replacement`);

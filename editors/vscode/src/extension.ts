@@ -8,6 +8,7 @@
  * adds starting the server, settings, the status bar item and the palette commands.
  */
 
+import * as os from 'node:os';
 import * as vscode from 'vscode';
 import {
   ExecuteCommandRequest,
@@ -28,6 +29,7 @@ const CLIENT_ID = 'phiLsp';
 const SECTION = 'phiLsp';
 const STATUS_NOTIFICATION = 'phi/status';
 const REVIEW_SOURCE = 'phi-review';
+const BUSY_DELAY_MS = 400;
 /** The languages phi-lsp has tree-sitter grammars for (phi_lsp/syntax.py). */
 const LANGUAGES = [
   'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact', 'go', 'rust', 'java',
@@ -63,6 +65,7 @@ class Controller implements vscode.Disposable {
   private command: ServerCommand | undefined;
   private lifecycle: Promise<void> = Promise.resolve();
   private pythonWatch: vscode.Disposable | undefined;
+  private busyTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(private readonly context: vscode.ExtensionContext) {
     this.output = vscode.window.createOutputChannel('phi-lsp', { log: true });
@@ -75,6 +78,7 @@ class Controller implements vscode.Disposable {
   }
 
   dispose(): void {
+    clearTimeout(this.busyTimer);
     this.pythonWatch?.dispose();
     this.statusItem.dispose();
     this.output.dispose();
@@ -113,6 +117,8 @@ class Controller implements vscode.Disposable {
           path: server.get<string | null>('path'),
           pythonPath: server.get<string | null>('pythonPath'),
           args: server.get<string[]>('args'),
+          workspaceFolder: vscode.workspace.workspaceFolders?.[0]?.uri.fsPath,
+          home: os.homedir(),
         },
         {
           which: (name) => which(name),
@@ -350,7 +356,22 @@ class Controller implements vscode.Disposable {
 
   // -- status bar ---------------------------------------------------------------------------
 
+  /**
+   * The server says "busy" for every request in flight, often for a fraction of a second;
+   * showing that at once would make the item flicker while typing. Busy shows after a short
+   * while; every other state at once.
+   */
   private showStatus(status: PhiStatus): void {
+    clearTimeout(this.busyTimer);
+    this.busyTimer = undefined;
+    if (status.state === 'busy') {
+      this.busyTimer = setTimeout(() => this.render(status), BUSY_DELAY_MS);
+    } else {
+      this.render(status);
+    }
+  }
+
+  private render(status: PhiStatus): void {
     const look = present(status);
     this.statusItem.text = look.text;
     this.statusItem.tooltip = look.tooltip;

@@ -18,6 +18,10 @@ export interface ServerSettings {
   path?: string | null;
   pythonPath?: string | null;
   args?: string[];
+  /** For `${workspaceFolder}` in the settings above. */
+  workspaceFolder?: string;
+  /** For a leading `~`. */
+  home?: string;
 }
 
 export interface ServerCommand {
@@ -48,18 +52,31 @@ export class ServerNotFound extends Error {
   }
 }
 
+/** `~/x` -> home/x, `${workspaceFolder}` -> the first workspace folder, `${env:NAME}`. */
+export function expand(value: string, settings: ServerSettings, env: NodeJS.ProcessEnv = process.env): string {
+  let result = value.trim();
+  if (settings.home && (result === '~' || result.startsWith('~/') || result.startsWith('~\\'))) {
+    result = settings.home + result.slice(1);
+  }
+  result = result.replace(/\$\{env:([^}]+)\}/g, (_, name: string) => env[name] ?? '');
+  if (settings.workspaceFolder !== undefined) {
+    result = result.replace(/\$\{workspaceFolder\}/g, settings.workspaceFolder);
+  }
+  return result;
+}
+
 export async function resolveServerCommand(settings: ServerSettings, probe: Probe): Promise<ServerCommand> {
-  const extra = (settings.args ?? []).filter((arg) => typeof arg === 'string');
+  const extra = (settings.args ?? []).filter((arg) => typeof arg === 'string').map((arg) => expand(arg, settings));
   const module = (python: string, origin: string): ServerCommand => ({
     command: python,
     args: ['-m', 'phi_lsp', ...extra],
     origin,
   });
   if (settings.path && settings.path.trim()) {
-    return { command: settings.path.trim(), args: extra, origin: 'setting phiLsp.server.path' };
+    return { command: expand(settings.path, settings), args: extra, origin: 'setting phiLsp.server.path' };
   }
   if (settings.pythonPath && settings.pythonPath.trim()) {
-    return module(settings.pythonPath.trim(), 'setting phiLsp.server.pythonPath');
+    return module(expand(settings.pythonPath, settings), 'setting phiLsp.server.pythonPath');
   }
   const tried: string[] = ['phi-lsp on PATH'];
   const onPath = probe.which('phi-lsp');

@@ -7,7 +7,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { describe, it } = require('node:test');
 
-const { resolveServerCommand, which, ServerNotFound } = require('../out/serverCommand');
+const { resolveServerCommand, which, expand, ServerNotFound } = require('../out/serverCommand');
 const { SettingsTracker, serverKeysFromManifest, explicitValue, isServerKey } = require('../out/settings');
 const { present, isPhiStatus } = require('../out/status');
 
@@ -65,6 +65,19 @@ describe('server command discovery', () => {
       resolveServerCommand({}, probe({ pythonExtension: async () => { throw new Error('no api'); } })),
       (error) => error instanceof ServerNotFound && /phi-lsp on PATH/.test(error.message) && /python3 has no phi_lsp/.test(error.message),
     );
+  });
+
+  it('expands ~, ${workspaceFolder} and ${env:NAME} in paths and args', async () => {
+    const where = { home: '/home/ada', workspaceFolder: '/src/app' };
+    assert.equal(expand('~/.phi/bin/phi-lsp', where), '/home/ada/.phi/bin/phi-lsp');
+    assert.equal(expand('${workspaceFolder}/.venv/bin/python', where), '/src/app/.venv/bin/python');
+    assert.equal(expand('${env:PHI_HOME}/x', where, { PHI_HOME: '/opt/phi' }), '/opt/phi/x');
+    assert.equal(expand('/a~b', where), '/a~b');
+    const found = await resolveServerCommand(
+      { pythonPath: '${workspaceFolder}/.venv/bin/python', args: ['--config', '${workspaceFolder}/phi.toml'], ...where },
+      probe(),
+    );
+    assert.deepEqual([found.command, found.args], ['/src/app/.venv/bin/python', ['-m', 'phi_lsp', '--config', '/src/app/phi.toml']]);
   });
 
   it('which() finds executables only', () => {
