@@ -213,6 +213,19 @@ def test_completion_menu_offers_the_suggestion(session):
     assert r["line_after"] == "    return"  # <C-e> closed the menu without inserting
 
 
+def test_dismiss_key_hides_the_suggestion(session):
+    r = step(session, "dismiss")
+    assert r["extmarks_before"] == 1
+    assert r["line_after"] == "    return"
+    assert r["mode_after"] == "i"
+
+
+def test_accept_and_dismiss_reach_the_server(session):
+    r = step(session, "feedback")
+    assert r["completion"]["accepted"] >= 1
+    assert r["completion"]["rejected"] >= 1
+
+
 def test_review_diagnostics_after_save(session):
     r = step(session, "review_on_save")
     # The tiny base model rarely produces a finding that survives validation: check the shape of

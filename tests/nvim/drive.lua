@@ -309,6 +309,25 @@ local function main()
     r.line_after = line(api.nvim_buf_line_count(bufnr))
   end)
 
+  step("dismiss", function(r)
+    -- Ghost text again at the end of `    return`; the dismiss key hides it and tells the server.
+    api.nvim_win_set_cursor(0, { api.nvim_buf_line_count(bufnr), 0 })
+    local before = #events_of("PhiSuggestion")
+    feed("A")
+    wait_for("ghost text", 90000, function()
+      return #events_of("PhiSuggestion") > before and require("phi_lsp.suggest").current(bufnr)
+    end)
+    local ns = require("phi_lsp.suggest").namespace
+    r.extmarks_before = #api.nvim_buf_get_extmarks(bufnr, ns, 0, -1, {})
+    feed(phi.options.keymaps.dismiss)
+    wait_for("the ghost text to go", 5000, function()
+      return #api.nvim_buf_get_extmarks(bufnr, ns, 0, -1, {}) == 0
+    end)
+    r.line_after = line(api.nvim_buf_line_count(bufnr))
+    r.mode_after = api.nvim_get_mode().mode
+    to_normal_mode()
+  end)
+
   step("review_on_save", function(r)
     api.nvim_buf_set_lines(bufnr, -1, -1, false, {
       "",
@@ -373,6 +392,12 @@ local function main()
     r.settings = client.settings
     local answer = client:request_sync("workspace/executeCommand", { command = "phi.status" }, 5000)
     r.status_after = answer and answer.result
+  end)
+
+  step("feedback", function(r)
+    -- The accept and dismiss keys reached the server (phi.acceptCompletion / phi.rejectCompletion).
+    local answer = client:request_sync("workspace/executeCommand", { command = "phi.stats" }, 5000)
+    r.completion = answer and answer.result and answer.result.completion
   end)
 
   step("health", function(r)
