@@ -159,8 +159,13 @@ def format_sarif(results: list[FileReview], model: str = "", base: Path | None =
             "shortDescription": {"text": _RULE_TEXT[category]},
             "fullDescription": {"text": _RULE_TEXT[category] + f" ({model or 'Phi'}); quoted code checked against the file."},
             "defaultConfiguration": {"level": "warning"},
+            "help": {
+                "text": f"{_RULE_TEXT[category]}. The finding quotes the code it is about; read it and "
+                        "apply the suggested fix where one is given.",
+            },
             "helpUri": INFORMATION_URI,
-            "properties": {"tags": ["phi-review", category] + (["security"] if category == "security" else [])},
+            "properties": {"tags": ["phi-review", category] + (["security"] if category == "security" else []),
+                           "precision": "low"},
         }
         if category == "security":
             rule["properties"]["security-severity"] = "7.0"
