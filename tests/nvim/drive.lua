@@ -41,6 +41,14 @@ vim.notify = function(msg, level, opts)
   return original_notify(msg, level, opts)
 end
 
+-- What the server said with window/showMessage.
+results.show_messages = {}
+local show_message = vim.lsp.handlers["window/showMessage"]
+vim.lsp.handlers["window/showMessage"] = function(err, params, ctx, config)
+  table.insert(results.show_messages, { type = params.type, message = params.message })
+  return show_message(err, params, ctx, config)
+end
+
 -- Every publishDiagnostics, as it arrives.
 local publish = vim.lsp.handlers["textDocument/publishDiagnostics"]
 vim.lsp.handlers["textDocument/publishDiagnostics"] = function(err, params, ctx, config)

@@ -100,7 +100,7 @@ local function report_state(status, source)
   if status.model and status.model ~= "" then
     where = " (model " .. status.model .. (status.url ~= "" and status.url and (" at " .. status.url) or "") .. ")"
   end
-  local text = ("backend %s%s [%s]%s"):format(
+  local text = ("server status %s%s [%s]%s"):format(
     state,
     where,
     source,
@@ -115,42 +115,96 @@ local function report_state(status, source)
   end
 end
 
-local function run_doctor(options)
+local function toml_key(key)
+  key = tostring(key)
+  if key:match("^[%w_-]+$") then
+    return key
+  end
+  return '"' .. key:gsub('[\\"]', "\\%0") .. '"'
+end
+
+local function toml_value(value)
+  local kind = type(value)
+  if kind == "string" then
+    return '"' .. value:gsub('[\\"]', "\\%0"):gsub("\n", "\\n"):gsub("\t", "\\t") .. '"'
+  elseif kind == "number" then
+    return value == math.floor(value) and ("%d"):format(value) or tostring(value)
+  elseif kind == "boolean" then
+    return tostring(value)
+  elseif kind == "table" and (next(value) == nil or vim.islist(value)) then
+    return "[" .. table.concat(vim.tbl_map(toml_value, value), ", ") .. "]"
+  elseif kind == "table" then
+    local parts = {}
+    for k, v in pairs(value) do
+      table.insert(parts, toml_key(k) .. " = " .. toml_value(v))
+    end
+    return "{ " .. table.concat(parts, ", ") .. " }"
+  end
+  return '""'
+end
+
+--- setup()'s settings as a phi-lsp config file (TOML), the API key left out (it goes to the
+--- doctor through PHI_LSP_API_KEY instead of a file).
+local function settings_file(settings)
+  local lines, api_key = {}, nil
+  for section, entries in pairs(settings) do
+    if type(entries) == "table" and next(entries) ~= nil then
+      table.insert(lines, "[" .. toml_key(section) .. "]")
+      for key, value in pairs(entries) do
+        if section == "backend" and key == "apiKey" then
+          api_key = value
+        else
+          table.insert(lines, toml_key(key) .. " = " .. toml_value(value))
+        end
+      end
+    end
+  end
+  local path = vim.fn.tempname() .. ".toml"
+  vim.fn.writefile(lines, path)
+  return path, api_key
+end
+
+--- `phi-lsp doctor` with the settings from setup(): does the backend answer, does it serve the
+--- configured models (the server itself only finds out at the first request).
+local function run_doctor(options, cwd)
+  health.start("Backend (phi-lsp doctor)")
   if type(options.cmd) ~= "table" then
+    health.info("cmd is not a command line; skipped")
     return
   end
-  local cmd = vim.list_extend(vim.deepcopy(options.cmd), { "doctor" })
-  local settings = options.settings or {}
-  local url = vim.tbl_get(settings, "backend", "url")
-  if url then
-    vim.list_extend(cmd, { "--backend-url", url })
-  end
-  local cmodel, rmodel = vim.tbl_get(settings, "completion", "model"), vim.tbl_get(settings, "review", "model")
-  if cmodel and (rmodel == nil or rmodel == cmodel) then
-    vim.list_extend(cmd, { "--model", cmodel })
-  end
-  local ok, proc = pcall(vim.system, cmd, { text = true, cwd = vim.fn.getcwd() })
+  local settings = require("phi_lsp").nest(options.settings or {})
+  local config, api_key = settings_file(settings)
+  local cmd = vim.list_extend(vim.deepcopy(options.cmd), { "doctor", "--config", config })
+  local shown = table.concat(options.cmd, " ") .. " doctor"
+  local env = api_key and { PHI_LSP_API_KEY = tostring(api_key) } or nil
+  local ok, proc = pcall(vim.system, cmd, { text = true, cwd = cwd, env = env })
   if not ok then
-    health.error("could not run `" .. table.concat(cmd, " ") .. "`: " .. tostring(proc))
+    os.remove(config)
+    health.error("could not run `" .. shown .. "`: " .. tostring(proc))
     return
   end
   local result = proc:wait(DOCTOR_TIMEOUT_MS)
-  local output = vim.trim((result.stdout or "") .. (result.stderr or ""))
-  local fixes = {}
-  local in_fixes = false
+  os.remove(config)
+  local output = vim.trim((result.stdout or "") .. "\n" .. (result.stderr or ""))
+  local fixes, facts, in_fixes = {}, {}, false
   for _, line in ipairs(vim.split(output, "\n", { plain = true })) do
     if line:match("^What to fix") then
       in_fixes = true
     elseif in_fixes and line:match("^%s+%- ") then
       table.insert(fixes, (line:gsub("^%s+%- ", "")))
+    elseif line:match("^Backend:") or line:match("^  reachable") or line:match("^  %a+%.model .*served") then
+      table.insert(facts, vim.trim(line))
     end
   end
+  for _, fact in ipairs(facts) do
+    health.info(fact)
+  end
   if result.code == 0 then
-    health.ok("`" .. table.concat(cmd, " ") .. "`: everything looks right")
+    health.ok("`" .. shown .. "`: everything looks right")
   elseif result.code == 124 or (result.signal or 0) ~= 0 then
-    health.warn(("`%s` did not finish within %d s"):format(table.concat(cmd, " "), DOCTOR_TIMEOUT_MS / 1000))
+    health.warn(("`%s` did not finish within %d s"):format(shown, DOCTOR_TIMEOUT_MS / 1000))
   else
-    health.error("`" .. table.concat(cmd, " ") .. "` found problems", #fixes > 0 and fixes or { output })
+    health.error("`" .. shown .. "` found problems", #fixes > 0 and fixes or { output })
   end
 end
 
@@ -159,10 +213,10 @@ local function check_server(phi, options)
   local clients = phi.clients()
   if #clients == 0 then
     health.warn("phi-lsp is not running", {
-      "It starts when you open a file of a configured filetype in a project",
-      "Checking the backend with `phi-lsp doctor` instead",
+      "It starts when you open a file of a configured filetype (" .. table.concat(options.filetypes or {}, ", ") .. ")",
+      ":LspLog shows why it stopped, if it did",
     })
-    run_doctor(options)
+    run_doctor(options, vim.fn.getcwd())
     return
   end
   for _, client in ipairs(clients) do
@@ -202,6 +256,7 @@ local function check_server(phi, options)
       })
     end
   end
+  run_doctor(options, clients[1].root_dir or vim.fn.getcwd())
 end
 
 function M.check()

@@ -73,12 +73,17 @@ local modes = {} --- bufnr -> "inline" (native) | "completion" (ghost text fallb
 
 -- -- helpers -------------------------------------------------------------------------------
 
+--- A non-empty list (an empty table counts as a map: it merges, never replaces).
+local function is_list(t)
+  return type(t) == "table" and next(t) ~= nil and vim.islist(t)
+end
+
 --- Deep merge where lists (cmd, filetypes, ...) are replaced, never merged item by item.
 local function merge(base, override)
-  if type(base) ~= "table" or type(override) ~= "table" or vim.islist(override) or vim.islist(base) then
-    if override == nil then
-      return base
-    end
+  if override == nil then
+    return base
+  end
+  if type(base) ~= "table" or type(override) ~= "table" or is_list(base) or is_list(override) then
     return override
   end
   local out = {}
@@ -93,7 +98,7 @@ end
 
 --- { ["completion.enabled"] = false } -> { completion = { enabled = false } }
 local function nest(tbl)
-  if type(tbl) ~= "table" or vim.islist(tbl) then
+  if type(tbl) ~= "table" or is_list(tbl) then
     return tbl
   end
   local out = {}
@@ -109,21 +114,20 @@ local function nest(tbl)
   return out
 end
 
---- Drop empty tables (they would travel as JSON arrays and be rejected); an empty tree
---- becomes a JSON object.
-local function prune(tbl)
+--- Drop empty sections (`completion = {}` would travel as a JSON array and be rejected); an
+--- empty table as a value stays a list (`privacy = { exclude = {} }`), and an empty tree becomes
+--- a JSON object.
+local function prune(tree)
   local out = {}
-  for key, value in pairs(tbl) do
-    if type(value) == "table" and not vim.islist(value) then
-      value = prune(value)
-      if next(value) == nil then
-        value = nil
-      end
+  for section, entries in pairs(tree) do
+    if type(entries) ~= "table" or next(entries) ~= nil then
+      out[section] = entries
     end
-    out[key] = value
   end
   return out
 end
+
+M.nest = nest
 
 local function wire_settings()
   local settings = prune(nest(M.options and M.options.settings or {}))
