@@ -200,6 +200,8 @@ def test_ghost_text_shows_and_the_accept_key_inserts_it(session):
     assert r["ghost"].split("\n")[0] == " np"
     assert r["extmarks"] == 1
     assert r["virt_text"][0][0] == " np"
+    assert r["typed_through"] == "p"  # typed " n": the rest stays, from the same answer
+    assert r["requests_while_typing"] == 0
     assert r["line_after"] == "import numpy as np"
     assert r["cursor_after"] == [1, len("import numpy as np")]
     assert r["mode_after"] == "i"

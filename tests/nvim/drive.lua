@@ -164,6 +164,7 @@ local function publishes_for(uri)
 end
 
 local bufnr, client, uri
+local completion_requests = 0
 
 local function attach_step()
   step("attach", function(r)
@@ -227,6 +228,14 @@ end
 
 local function main()
   attach_step()
+  -- Count the completion requests the client sends from here on.
+  local request = client.request
+  client.request = function(self, method, ...)
+    if method == "textDocument/completion" then
+      completion_requests = completion_requests + 1
+    end
+    return request(self, method, ...)
+  end
 
   step("status", function(r)
     local status = wait_for("a phi/status notification saying ready", 30000, function()
@@ -272,6 +281,17 @@ local function main()
     r.extmarks = #marks
     r.virt_text = marks[1] and marks[1][4].virt_text
     r.cursor = api.nvim_win_get_cursor(0)
+    -- Type its first two characters: the rest stays on show at once, without a new request.
+    local requests = completion_requests
+    local shown_before = #events_of("PhiSuggestion")
+    feed(r.ghost:sub(1, 2))
+    local typed = wait_for("the rest of the ghost text after typing through", 10000, function()
+      local shown = events_of("PhiSuggestion")
+      local last = shown[#shown]
+      return #shown > shown_before and last.data.text == r.ghost:sub(3) and last or nil
+    end)
+    r.typed_through = typed.data.text
+    r.requests_while_typing = completion_requests - requests
     -- Accept it with the plugin's key.
     feed(phi.options.keymaps.accept)
     local accepted = wait_for("the suggestion to be inserted", 10000, function()

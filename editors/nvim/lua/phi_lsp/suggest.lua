@@ -29,6 +29,7 @@ local INVOKED = 1 -- lsp.CompletionTriggerKind.Invoked
 --- @field shown boolean
 
 local states = {} --- @type table<integer, phi_lsp.SuggestState>
+local typed_through -- defined below
 
 local function stop_timer(st)
   if st.timer then
@@ -170,6 +171,28 @@ local function show(st, bufnr)
     data = { bufnr = bufnr, text = rest, index = st.index, count = #st.items },
   })
   return true
+end
+
+--- The user typed the start of the shown suggestion: keep showing the rest at once (no flicker,
+--- no request), the edit now ending at the new cursor. False when the text typed since does not
+--- match the suggestion (or the cursor went elsewhere).
+typed_through = function(st, bufnr)
+  local s, anchor = st.items and st.items[st.index], st.anchor
+  local row, col = cursor_of(bufnr)
+  if not s or not anchor or not row or row ~= anchor.row or col <= anchor.col then
+    return false
+  end
+  if s.erow ~= row - 1 or s.ecol ~= anchor.col then
+    return false -- the edit reaches past the cursor: recompute it on the server
+  end
+  local candidate = vim.deepcopy(s)
+  candidate.ecol = col
+  if not ghost_text(candidate, bufnr, row, col) then
+    return false
+  end
+  st.items, st.index = { candidate }, 1 -- the other candidates' edits are stale now
+  st.anchor = { tick = api.nvim_buf_get_changedtick(bufnr), row = row, col = col }
+  return show(st, bufnr)
 end
 
 --- Ask the server for suggestions at the cursor of `bufnr` (current window). `callback(items)`
@@ -381,7 +404,11 @@ function M.attach(client, bufnr, opts)
 
   local function moved()
     if st.shown and not still_at(st, bufnr) then
+      if typed_through(st, bufnr) then
+        return -- still showing the rest of it; no need to ask again
+      end
       hide(st, bufnr)
+      st.items = nil
     end
     if st.opts.auto_trigger ~= false and not st.shown then
       M.request(bufnr)
