@@ -249,6 +249,11 @@ def test_phi_review_command(session):
     assert re.search(r"review of example\.py done: \d+ finding", r["message"]), r["message"]
 
 
+def test_phi_review_workspace_command(session):
+    r = step(session, "phi_review_workspace_command")
+    assert "workspace review done" in r["message"], r["message"]
+
+
 def test_phi_status_command(session):
     r = step(session, "phi_status_command")
     assert "phi-lsp: ready" in r["output"]

@@ -409,6 +409,21 @@ local function main()
     r.publishes = #publishes_for(uri) - before
   end)
 
+  step("phi_review_workspace_command", function(r)
+    local notes = #results.notifications
+    vim.cmd("PhiReviewWorkspace")
+    wait_for(":PhiReviewWorkspace to finish", 150000, function()
+      for i = notes + 1, #results.notifications do
+        local msg = results.notifications[i].message
+        if msg:match("workspace review done") or msg:match("workspace review failed") then
+          r.message = msg
+          return true
+        end
+      end
+      return false
+    end)
+  end)
+
   step("phi_status_command", function(r)
     r.output = vim.fn.execute("PhiStatus")
     r.statusline = phi.statusline()
