@@ -5,7 +5,8 @@
 - editors/vscode: `npm ci` (when node_modules is missing or older than package-lock.json),
   `npm run compile`, its unit tests, `npm run package` (a .vsix).
 - tests/node: a Node LSP client built on vscode-languageserver-protocol, offering the capabilities
-  of VS Code's client, drives `python -m phi_lsp` against the session's real vLLM.
+  of VS Code's client, drives `python -m phi_lsp` against the session's real vLLM; then the
+  compiled extension runs with the real vscode-languageclient on a stand-in of the VS Code API.
 
 Without node/npm these skip with the reason; with PHI_LSP_REQUIRE_VLLM=1 (CI) they fail instead.
 """
@@ -89,7 +90,8 @@ def test_vscode_settings_are_the_server_keys():
     server_side = {name[len("phiLsp."):] for name in contributed if not name[len("phiLsp."):].startswith(EXTENSION_ONLY)}
     assert server_side == set(server_keys), (
         f"missing in package.json: {sorted(set(server_keys) - server_side)}; "
-        f"not server keys: {sorted(server_side - set(server_keys))}"
+        f"not server keys: {sorted(server_side - set(server_keys))} "
+        "(editors/vscode/scripts/sync_settings.py brings package.json in line with phi_lsp/config.py)"
     )
     problems = []
     for key, field in server_keys.items():
@@ -102,7 +104,7 @@ def test_vscode_settings_are_the_server_keys():
         if meta["kind"] in ("int", "float"):
             want["minimum"], want["maximum"] = meta["min"], meta["max"]
         if meta["kind"] == "str_list":
-            want["items"] = {"type": "string"}
+            want["items"] = {"type": "string", **({"enum": list(meta["choices"])} if "choices" in meta else {})}
         if meta["kind"] == "str_map":
             want["additionalProperties"] = {"type": "string"}
         for name, value in want.items():
@@ -111,9 +113,12 @@ def test_vscode_settings_are_the_server_keys():
         for name in ("enum", "minimum", "maximum"):
             if name in schema and name not in want:
                 problems.append(f"phiLsp.{key}: has {name} but the server has no such rule")
-        if not (schema.get("markdownDescription") or schema.get("description")):
+        description = schema.get("markdownDescription") or schema.get("description") or ""
+        if not description or description.startswith("TODO"):
             problems.append(f"phiLsp.{key}: no description")
-    assert not problems, "\n".join(problems)
+    assert not problems, "\n".join(problems) + (
+        "\n(editors/vscode/scripts/sync_settings.py brings package.json in line with phi_lsp/config.py)"
+    )
 
 
 def test_vscode_extension_only_settings_and_commands():
@@ -211,13 +216,15 @@ def test_vscode_extension_packages_as_vsix(compiled):
 
 
 @pytest.mark.vllm
-def test_node_client_against_real_vllm(npm, vllm_url):
+def test_node_clients_against_real_vllm(compiled, vllm_url):
+    """tests/node: client.test.js (protocol-level client) and extension.test.js (the compiled
+    extension with the real vscode-languageclient on a stand-in VS Code API)."""
     result = _run(
-        ["node", "--test", "--test-concurrency=1", "client.test.js"],
+        [shutil.which("node") or "node", "--test", "--test-concurrency=1", "client.test.js", "extension.test.js"],
         NODE_TESTS,
         CLIENT_TIMEOUT_S,
         env={"PHI_LSP_TEST_VLLM_URL": vllm_url, "PHI_LSP_PYTHON": sys.executable},
     )
-    output = _ok(result, "the Node LSP client tests (tests/node/client.test.js)")
+    output = _ok(result, "the Node client tests (tests/node)")
     assert re.search(r"^# fail 0$", output, re.M), output[-12000:]
     assert re.search(r"^# pass [1-9]", output, re.M), output[-12000:]

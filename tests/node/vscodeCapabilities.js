@@ -7,29 +7,12 @@
 // their capabilities; a permissive stand-in is enough for that, and nothing else is run.
 'use strict';
 
-const Module = require('node:module');
 const path = require('node:path');
+
+const { installVscode, standIn } = require('./fakeVscode');
 
 const EXTENSION = path.resolve(__dirname, '..', '..', 'editors', 'vscode');
 const VSCODE_VERSION = '1.95.0';
-
-function standIn(name) {
-  const target = function () {
-    return standIn(`${name}()`);
-  };
-  return new Proxy(target, {
-    get(obj, prop) {
-      if (prop === 'then') return undefined; // not a promise
-      if (prop === Symbol.toPrimitive) return () => name;
-      if (prop === 'prototype') return obj.prototype;
-      if (!(prop in obj)) obj[prop] = standIn(`${name}.${String(prop)}`);
-      return obj[prop];
-    },
-    construct() {
-      return standIn(`new ${name}`);
-    },
-  });
-}
 
 function vscodeClientCapabilities() {
   let entry;
@@ -40,10 +23,7 @@ function vscodeClientCapabilities() {
   }
   const vscode = standIn('vscode');
   vscode.version = VSCODE_VERSION;
-  const load = Module._load;
-  Module._load = function (request, ...rest) {
-    return request === 'vscode' ? vscode : load.call(this, request, ...rest);
-  };
+  const uninstall = installVscode(vscode);
   try {
     const { LanguageClient } = require(entry);
     const client = new LanguageClient('phiLsp', 'phi-lsp', { command: 'phi-lsp' }, { documentSelector: [{ language: 'python' }] });
@@ -51,7 +31,7 @@ function vscodeClientCapabilities() {
     const version = require(path.join(EXTENSION, 'node_modules', 'vscode-languageclient', 'package.json')).version;
     return { capabilities, clientInfo: { name: 'Visual Studio Code', version: VSCODE_VERSION }, languageClientVersion: version };
   } finally {
-    Module._load = load;
+    uninstall();
   }
 }
 

@@ -18,7 +18,6 @@ import {
   RevealOutputChannelOn,
   ServerOptions,
   State,
-  TransportKind,
 } from 'vscode-languageclient/node';
 
 import { ServerCommand, ServerNotFound, describe, importsPhiLsp, resolveServerCommand, which } from './serverCommand';
@@ -143,10 +142,11 @@ class Controller implements vscode.Disposable {
     this.output.info(`Starting ${describe(this.command)} (from ${this.command.origin})`);
 
     const cwd = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    // stdio without `transport`: TransportKind.stdio would append `--stdio` to the arguments,
+    // which phi-lsp's command line does not take.
     const serverOptions: ServerOptions = {
       command: this.command.command,
       args: this.command.args,
-      transport: TransportKind.stdio,
       options: { cwd, env: process.env },
     };
     const client = new LanguageClient(CLIENT_ID, 'phi-lsp', serverOptions, this.clientOptions());
