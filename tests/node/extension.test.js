@@ -177,10 +177,12 @@ describe('the VS Code extension, run on a stand-in of the VS Code API', { timeou
     assert.deepEqual(vs().messages.filter((m) => m.kind === 'error'), []);
   });
 
-  it('"Review Workspace" and "Show Statistics" run the server commands without errors', { timeout: 300 * SECOND }, async () => {
+  it('"Review Workspace" and "Show Statistics" run the server commands without errors', { timeout: 300 * SECOND }, async (t) => {
     await fake.vscode.commands.executeCommand('phiLsp.reviewWorkspace');
+    assert.match(vs().statusBarMessages.at(-1) ?? '', /^phi-lsp: \d+ findings? in \d+ files?$/);
     await fake.vscode.commands.executeCommand('phiLsp.showStats');
     assert.deepEqual(vs().messages.filter((m) => m.kind === 'error'), []);
+    t.diagnostic(`status bar messages: ${JSON.stringify(vs().statusBarMessages)}`);
   });
 
   it('restarts the server when a setting sent at start-up is removed, and on "Restart Server"', { timeout: 120 * SECOND }, async () => {

@@ -159,6 +159,7 @@ class Controller implements vscode.Disposable {
     // Registered before start() so that the status sent right after `initialized` is seen.
     client.onNotification(STATUS_NOTIFICATION, (params: unknown) => {
       if (isPhiStatus(params)) {
+        this.output.debug(`phi/status ${params.state}: ${params.message ?? ''}`);
         this.showStatus(params);
       } else {
         this.output.warn(`Ignored a ${STATUS_NOTIFICATION} notification of the wrong shape: ${JSON.stringify(params)}`);
@@ -316,19 +317,32 @@ class Controller implements vscode.Disposable {
       return;
     }
     const name = vscode.workspace.asRelativePath(target);
-    await vscode.window.withProgress(
+    const summary = await vscode.window.withProgress(
       { location: vscode.ProgressLocation.Window, title: `phi-lsp: reviewing ${name}` },
       () => this.execute(client, 'phi.review', [client.code2ProtocolConverter.asUri(target)]),
     );
+    if (notReviewed(summary)) {
+      void vscode.window.showInformationMessage(`phi-lsp: ${name} was not reviewed: ${summary.reason}.`);
+      return;
+    }
     const findings = vscode.languages.getDiagnostics(target).filter((d) => d.source === REVIEW_SOURCE).length;
-    vscode.window.setStatusBarMessage(`phi-lsp: ${findings} finding${findings === 1 ? '' : 's'} in ${name}`, 5_000);
+    vscode.window.setStatusBarMessage(`phi-lsp: ${plural(findings, 'finding')} in ${name}`, 5_000);
   }
 
   async reviewWorkspace(): Promise<void> {
     const client = this.runningClient();
-    if (client) {
-      // The server reports progress ($/progress, cancellable) while it works.
-      await this.execute(client, 'phi.reviewWorkspace', []);
+    if (!client) {
+      return;
+    }
+    // The server reports progress ($/progress, cancellable) while it works.
+    const summary = await this.execute(client, 'phi.reviewWorkspace', []);
+    if (notReviewed(summary)) {
+      void vscode.window.showInformationMessage(`phi-lsp: the workspace was not reviewed: ${summary.reason}.`);
+    } else if (isRecord(summary) && typeof summary.files === 'number' && typeof summary.findings === 'number') {
+      vscode.window.setStatusBarMessage(
+        `phi-lsp: ${plural(summary.findings, 'finding')} in ${plural(summary.files, 'file')}`,
+        5_000,
+      );
     }
   }
 
@@ -377,4 +391,18 @@ class Controller implements vscode.Disposable {
     this.statusItem.tooltip = look.tooltip;
     this.statusItem.backgroundColor = look.background ? new vscode.ThemeColor(look.background) : undefined;
   }
+}
+
+// The answers of phi.review / phi.reviewWorkspace: { reviewed: false, reason } when nothing
+// was reviewed, else a summary with counts. Read defensively: CONTRACT.md does not pin them.
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null;
+}
+
+function notReviewed(value: unknown): value is { reviewed: false; reason: string } {
+  return isRecord(value) && value.reviewed === false && typeof value.reason === 'string';
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
 }
