@@ -210,6 +210,7 @@ def test_vscode_extension_packages_as_vsix(compiled):
         names = set(archive.namelist())
         packaged = json.loads(archive.read("extension/package.json"))
     assert "extension/out/extension.js" in names
+    assert "extension/readme.md" in names and "extension/LICENSE.txt" in names
     assert "extension/node_modules/vscode-languageclient/package.json" in names
     assert not any(name.startswith("extension/src/") for name in names)
     assert packaged["contributes"]["configuration"] == manifest()["contributes"]["configuration"]
