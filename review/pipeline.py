@@ -100,6 +100,7 @@ class ReviewStats:
     requests: int = 0  # backend calls (one list-of-prompts request each on vLLM)
     findings_stated: int = 0  # what the model claimed, before validation
     findings_valid: int = 0
+    answers: Counter = field(default_factory=Counter)  # outcome of each answer: parsed, truncated, ...
     drops: Counter = field(default_factory=Counter)
     last: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +115,7 @@ class ReviewStats:
             "requests": self.requests,
             "findingsStated": self.findings_stated,
             "findingsValid": self.findings_valid,
+            "answers": dict(self.answers),
             "dropped": dict(self.drops),
             "last": dict(self.last),
         }
@@ -300,6 +302,8 @@ class Reviewer:
             answer = F.UnitAnswer([], Counter({INTERNAL_ERROR: 1}))
         state.found[unit.digest] = answer.findings
         state.drops.update(answer.drops)
+        outcome = next((r for r in (F.TRUNCATED, F.UNPARSEABLE, INTERNAL_ERROR) if r in answer.drops), "parsed")
+        self.stats.answers[outcome] += 1
         self.stats.findings_stated += answer.raw_count
         if INTERNAL_ERROR not in answer.drops:
             self.cache.put(self._key(state.job, options, unit), answer.findings)
