@@ -51,6 +51,8 @@ NOT_READY = (
 class _Published:
     version: int | None  # None: a file that is not open (from a workspace review)
     placed: list[Placed]
+    # The fixable findings moved onto a later version (code actions ask often: once per version).
+    moved: tuple[int, list[Placed]] | None = None
 
 
 class ReviewFeature(Feature):
@@ -296,16 +298,16 @@ class ReviewFeature(Feature):
         self.counters["published"] += 1
         self._send(uri, [review_diagnostics.to_diagnostic(p, buffer) for p in placed], version)
 
-    def _reanchor(self, findings, snapshot) -> list[Placed]:
+    def _reanchor(self, findings, snapshot, count: bool = True) -> list[Placed]:
         units = extract_units(snapshot)
         placed = []
         for finding in findings:
             p = relocate(finding, units, snapshot.buffer)
-            if p is None:
+            if p is not None:
+                placed.append(p)
+            elif count:
                 self.reviewer.stats.drops[STALE] += 1
                 self.counters["staleDropped"] += 1
-            else:
-                placed.append(p)
         return placed
 
     def _send(self, uri: str, diagnostics: list[types.Diagnostic], version: int | None) -> None:
@@ -329,7 +331,10 @@ class ReviewFeature(Feature):
         if not candidates:
             return None
         if published.version != document.version:
-            candidates = self._reanchor([p.finding for p in candidates], document.snapshot())
+            if published.moved is None or published.moved[0] != document.version:
+                moved = self._reanchor([p.finding for p in candidates], document.snapshot(), count=False)
+                published.moved = (document.version, moved)
+            candidates = published.moved[1]
         buffer = TextBuffer(document.source, document.encoding)
         start = buffer.offset_at(params.range.start)
         end = buffer.offset_at(params.range.end)

@@ -161,9 +161,13 @@ def extract_units(snapshot: Snapshot, max_bytes: int = MAX_UNIT_BYTES) -> list[U
     visit(tree.root_node, 0, None, 0)
     _fill_blank_gaps(owner_of, buffer)
 
+    lines_of: dict[int, list[int]] = {}
+    for line, owner_id in enumerate(owner_of):
+        if owner_id is not None:
+            lines_of.setdefault(owner_id, []).append(line)
     units: list[Unit] = []
     for owner_id, owner in enumerate(owners):
-        lines = [line for line, o in enumerate(owner_of) if o == owner_id]
+        lines = lines_of.get(owner_id, [])
         texts = [buffer.line_bytes(line) for line in lines]
         while lines and not texts[-1].strip():
             lines.pop(), texts.pop()
