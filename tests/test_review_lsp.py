@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import pytest_lsp
 from lsprotocol import types
-from pytest_lsp import LanguageClient
+from pytest_lsp import ClientServerConfig, LanguageClient
 
 from review.prompts import CATEGORIES
-from tests.conftest import DEAD_BACKEND, initialize, settings
+from tests.conftest import SERVER_COMMAND, initialize, settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -209,3 +210,36 @@ async def test_dead_backend_never_crashes_and_says_so_once(client: LanguageClien
         range=types.Range(start=types.Position(line=0, character=0), end=types.Position(line=1, character=0)),
         context=types.CodeActionContext(diagnostics=[])))
     assert not actions
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER_COMMAND))
+async def vscode_client(lsp_client: LanguageClient, tmp_path, vllm_url):
+    """One editor profile is enough for what does not depend on the position encoding."""
+    await initialize(lsp_client, tmp_path, settings(vllm_url, **{"review.batchSize": 8}))
+    lsp_client.workspace = tmp_path
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_cancelling_the_workspace_progress_stops_the_review(vscode_client: LanguageClient):
+    for i in range(6):
+        (vscode_client.workspace / f"mod_{i}.py").write_text(functions(6, f"_m{i}"), encoding="utf-8")
+    running = asyncio.ensure_future(vscode_client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="phi.reviewWorkspace", arguments=[])))
+
+    async def progress_token():
+        while True:
+            await vscode_client.wait_for_notification("$/progress")
+            for token, reports in vscode_client.progress_reports.items():
+                if any(isinstance(r, types.WorkDoneProgressReport) for r in reports) and any(
+                        isinstance(r, types.WorkDoneProgressBegin) and "workspace" in r.title for r in reports):
+                    return token
+
+    token = await asyncio.wait_for(progress_token(), REVIEW_TIMEOUT_S)
+    vscode_client.window_work_done_progress_cancel(types.WorkDoneProgressCancelParams(token=token))
+    result = await asyncio.wait_for(running, REVIEW_TIMEOUT_S)
+    assert result == {"reviewed": False, "reason": "cancelled"}
+    assert isinstance(vscode_client.progress_reports[token][-1], types.WorkDoneProgressEnd)
+    review = (await stats(vscode_client))["review"]
+    assert review["events"]["workspaceCancelled"] == 1
+    assert review["unitsSent"] < 42  # 6 files of 7 units, in requests of 8: it stopped early
