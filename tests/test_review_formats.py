@@ -141,3 +141,22 @@ def test_cli_with_a_dead_backend_and_a_missing_path(tmp_path):
     assert data["summary"]["unitsFailed"] == data["summary"]["unitsSent"] == 2
     assert data["summary"]["dropped"]["backend-error"] == 2
     assert "missing.py: no such file" in done.stderr and "not reviewed" in done.stderr
+
+
+def test_progress_bar_only_when_enabled():
+    import io
+
+    from review.cli import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar(True, stream)
+    bar.update(0, 32)
+    bar.update(16, 32)
+    bar.close()
+    out = stream.getvalue()
+    assert "16/32 units" in out and "[" + "#" * 15 + "." * 15 + "]" in out and out.endswith("\r\x1b[K")
+    quiet = io.StringIO()
+    bar = ProgressBar(False, quiet)
+    bar.update(1, 2)
+    bar.close()
+    assert quiet.getvalue() == ""
