@@ -197,6 +197,8 @@ class ReviewFeature(Feature):
             [job], backend, self._options(backend), lookup=self._lookup,
             clean=self.server.privacy.clean, count_tokens=self._count_tokens(),
         )
+        if results[0].units_sent > results[0].units_failed:
+            self.server.forget_message(NOT_READY)  # the next outage is worth one message again
         self._publish(results[0], on_disk=False)
         return _summary(results[0])
 
