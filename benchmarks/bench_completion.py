@@ -141,9 +141,10 @@ async def bench_type_through(url: str, root: Path, rounds: int) -> None:
             suggestion = suggestions[0]
             for k in range(1, len(suggestion)):
                 ed.type(uri, suggestion[k - 1])
-                before = (await ed.command("phi.stats"))["backend"]["httpRequests"]
+                # Model calls made for requests (a background next-line prefetch is not one).
+                before = (await ed.command("phi.stats"))["completion"]["modelCalls"]
                 answer = await ed.inline(uri, invoked=False)
-                after = (await ed.command("phi.stats"))["backend"]["httpRequests"]
+                after = (await ed.command("phi.stats"))["completion"]["modelCalls"]
                 total += 1
                 if after == before and answer and answer[0] == suggestion[k:]:
                     served_without_backend += 1

@@ -29,7 +29,10 @@ from phi_lsp.tokens import TokenCounter
 WINDOW_STEP = 16  # lines; the prefix window's start snaps to a multiple of this
 NEAR_CURSOR_BYTES = 1200  # where to look for names whose definitions may help
 MAX_DEFINITIONS = 12
-SHARES = {"suffix": 0.15, "imports": 0.10, "scopes": 0.05, "symbols": 0.20, "recent": 0.15}
+# Most of the budget is the prefix's: it is what every model uses. The other sources take at
+# most these shares, and only as much as they need.
+SHARES = {"suffix": 0.15, "imports": 0.08, "scopes": 0.04, "symbols": 0.12, "recent": 0.08}
+SCOPES_MIN_TOKENS = 32
 _IDENTIFIER_TYPES = {
     "identifier", "type_identifier", "field_identifier", "property_identifier",
     "constant", "simple_identifier", "shorthand_property_identifier",
@@ -55,6 +58,11 @@ class Sources:
     @classmethod
     def only_prefix(cls) -> "Sources":
         return cls(False, False, False, False, False)
+
+    @classmethod
+    def named(cls, names) -> "Sources":
+        """From the `completion.contextSources` setting."""
+        return cls(**{f: f in names for f in ("suffix", "imports", "scopes", "symbols", "recent")})
 
 
 @dataclass(frozen=True)
@@ -101,8 +109,13 @@ def build_context(
     recent: list[Snippet] | None = None,
     sources: Sources = Sources(),
     display: Callable[[str], str] = lambda path: path,
+    suffix_in_prompt: bool = True,
 ) -> CompletionContext:
-    """The context for a completion at byte offset `cursor` of `snapshot`."""
+    """The context for a completion at byte offset `cursor` of `snapshot`.
+
+    The suffix window is always taken (post-processing needs it), but it only costs budget when
+    the prompt shows it (chat prompts do; raw prefix continuation does not).
+    """
     source = snapshot.source
     cursor = max(0, min(cursor, len(source)))
     line_start = source.rfind(b"\n", 0, cursor) + 1
@@ -117,7 +130,8 @@ def build_context(
     suffix = ""
     if sources.suffix:
         suffix = _suffix_window(source, cursor, int(budget * SHARES["suffix"]), counter)
-        remaining -= counter.count_lines(suffix)
+        if suffix_in_prompt:
+            remaining -= counter.count_lines(suffix)
         if suffix.strip():
             used.append("suffix")
 
@@ -148,7 +162,9 @@ def build_context(
             if "recent" not in used:
                 used.append("recent")
 
-    prefix_bytes_start, prefix_tokens = _prefix_window(source, line_start, cursor, max(remaining, 32), counter)
+    prefix_bytes_start, prefix_tokens = _prefix_window(
+        source, line_start, cursor, max(remaining, 32), counter, snapshot.tree if sources.scopes else None
+    )
     window_start_line = source.count(b"\n", 0, prefix_bytes_start)
     prefix = _decode(source[prefix_bytes_start:cursor])
     remaining -= prefix_tokens
@@ -164,7 +180,9 @@ def build_context(
                 used.append("imports")
         if sources.scopes:
             headers = _scope_headers(snapshot, cursor, prefix_bytes_start)
-            headers, remaining = _fit(headers, remaining, int(budget * SHARES["scopes"]), counter)
+            # Headers are short and say where the window is: a small floor even on tiny budgets.
+            share = max(int(budget * SHARES["scopes"]), SCOPES_MIN_TOKENS)
+            headers, remaining = _fit(headers, remaining, share, counter)
             if headers:
                 preamble += headers
                 used.append("scopes")
@@ -198,9 +216,13 @@ def _fit(items: list[str], remaining: int, share: int, counter: TokenCounter) ->
     return kept, remaining
 
 
-def _prefix_window(source: bytes, line_start: int, cursor: int, budget: int, counter: TokenCounter) -> tuple[int, int]:
+def _prefix_window(
+    source: bytes, line_start: int, cursor: int, budget: int, counter: TokenCounter, tree=None
+) -> tuple[int, int]:
     """(byte offset where the prefix window starts, its tokens): a line start, snapped to
-    WINDOW_STEP lines so it stays put while the user types."""
+    WINDOW_STEP lines so it stays put while the user types, and (given the tree) moved to the
+    next statement boundary of the enclosing scope, so that the scope's header followed by the
+    window reads like real code with some statements left out."""
     if cursor <= budget:  # every token is at least one byte: it all fits
         return 0, counter.count_lines(_decode(source[:cursor]))
     # Estimate how far back the budget reaches, then snap forward to a stable line.
@@ -210,6 +232,8 @@ def _prefix_window(source: bytes, line_start: int, cursor: int, budget: int, cou
     start_line = source.count(b"\n", 0, start)
     snapped_line = min(-(-start_line // WINDOW_STEP) * WINDOW_STEP, cursor_line)
     start = _line_offset(source, snapped_line, start)
+    if tree is not None:
+        start = min(_statement_boundary(tree, source, start, cursor), line_start)
     tokens = counter.count_lines(_decode(source[start:cursor]))
     while tokens > budget and start < line_start:
         # Too long still (dense code): move forward one step of lines.
@@ -221,6 +245,28 @@ def _prefix_window(source: bytes, line_start: int, cursor: int, budget: int, cou
         start = max(line_start, cursor - budget * 3)
         tokens = counter.count(_decode(source[start:cursor]))
     return start, tokens
+
+
+def _statement_boundary(tree, source: bytes, start: int, cursor: int) -> int:
+    """The line start of the first statement at or after `start` in the innermost scope that
+    holds the cursor and begins before `start` (the module if none does)."""
+    node = tree.root_node.named_descendant_for_byte_range(max(0, cursor - 1), cursor)
+    container = tree.root_node
+    while node is not None:
+        if node.start_byte < start and node.end_byte >= cursor and node.type in _BODY_TYPES:
+            container = node
+            break
+        node = node.parent
+    for child in container.named_children:
+        if child.start_byte >= start:
+            return source.rfind(b"\n", 0, child.start_byte) + 1
+        if child.end_byte >= cursor:
+            break  # the cursor's own statement starts before `start`: keep the line cut
+    return start
+
+
+# Nodes whose children are statements (a function's or class's body, a module).
+_BODY_TYPES = {"block", "statement_block", "compound_statement", "class_body", "declaration_list", "field_declaration_list"}
 
 
 def _line_offset(source: bytes, line: int, hint: int) -> int:

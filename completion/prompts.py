@@ -73,6 +73,9 @@ def _current_file_head(ctx: CompletionContext) -> str:
     """The current file's text up to the cursor, with elided parts marked."""
     parts = []
     if ctx.preamble:
+        # Imports, an elision mark, then the headers of the scopes the window is in: with the
+        # window starting at a statement boundary this reads like the real file with some
+        # statements left out.
         parts.append("\n".join(ctx.preamble) + "\n")
         parts.append(f"{ctx.comment} ...\n")
     parts.append(ctx.prefix)

@@ -135,7 +135,6 @@ class CompletionService:
         recent: Callable[[str], list[Snippet]] = lambda uri: [],
         clean: Callable[[str], str] = lambda text: text,
         display: Callable[[str], str] = lambda path: path,
-        sources: Sources = Sources(),
     ):
         self._model = model
         self._settings = settings
@@ -143,7 +142,6 @@ class CompletionService:
         self._recent = recent
         self._clean = clean
         self._display = display
-        self.sources = sources
         self.cache = SuggestionCache()
         self.stats = Stats()
         self._in_flight: dict[str, _InFlight] = {}
@@ -297,6 +295,8 @@ class CompletionService:
     def _plan(self, request: Request, model: Model, settings: CompletionSettings) -> "Plan":
         snapshot = request.snapshot
         budget = max(64, settings.context_tokens)
+        sources = Sources.named(settings.context_sources)
+        family = prompts.family(model.name, settings.prompt_mode)
         context = build_context(
             snapshot,
             request.cursor,
@@ -305,13 +305,13 @@ class CompletionService:
             request.display_path,
             index=self.index,
             file_path=request.file_path,
-            recent=self._recent(request.uri) if self.sources.recent else None,
-            sources=self.sources,
+            recent=self._recent(request.uri) if sources.recent else None,
+            sources=sources,
             display=self._display,
+            suffix_in_prompt=family != prompts.RAW,
         )
         info = _cursor_info(snapshot, request.cursor, context)
         multiline = postprocess.is_multiline_position(info)
-        family = prompts.family(model.name, settings.prompt_mode)
         prompt = prompts.render(context, family, single_line=not multiline)
         prompt = prompts.Prompt(self._clean(prompt.text), prompt.family, prompt.stop, prompt.echo)
         return Plan(context, prompt, info, not multiline)

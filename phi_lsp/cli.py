@@ -36,12 +36,14 @@ def _global_flags(parser: argparse.ArgumentParser, in_subcommand: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phi-lsp", description="AI completion and code review from Phi models, as a language server.")
     parser.add_argument("--version", action="version", version=f"phi-lsp {__version__}")
+    # Many LSP clients pass --stdio by convention; stdio is the default anyway.
+    parser.add_argument("--stdio", action="store_true", help=argparse.SUPPRESS)
     _global_flags(parser, in_subcommand=False)
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="run the language server (default)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
-    serve.add_argument("--stdio", action="store_true", help="use stdio (the default; accepted for editors that pass it)")
+    serve.add_argument("--stdio", action="store_true", default=argparse.SUPPRESS, help="use stdio (the default; accepted for editors that pass it)")
     _global_flags(serve, True)
 
     review = commands.add_parser("review", help="review files from the command line")

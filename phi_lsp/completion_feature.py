@@ -45,7 +45,7 @@ class CompletionFeature(Feature):
             display=self.display_path,
         )
         self._edits: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self._latest: dict[str, asyncio.Task] = {}
+        self._latest: dict[tuple[str, str], asyncio.Task] = {}
         self._shown: OrderedDict[str, dict] = OrderedDict()
         self.counts = {"shown": 0, "accepted": 0, "partiallyAccepted": 0, "rejected": 0, "stale": 0}
         self.on_feedback = lambda event, info: None  # the feedback store hooks in here
@@ -95,7 +95,7 @@ class CompletionFeature(Feature):
 
     async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
         trigger = INVOKED if params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked else AUTO
-        result = await self._suggest(params.text_document.uri, params.position, trigger)
+        result = await self._suggest(params.text_document.uri, params.position, trigger, "inline")
         if result is None:
             return types.InlineCompletionList(items=[])
         _, suggestions = result
@@ -111,7 +111,7 @@ class CompletionFeature(Feature):
         trigger = AUTO
         if params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked:
             trigger = INVOKED
-        result = await self._suggest(params.text_document.uri, params.position, trigger)
+        result = await self._suggest(params.text_document.uri, params.position, trigger, "completion")
         if result is None:
             return types.CompletionList(is_incomplete=True, items=[])
         document, suggestions = result
@@ -140,19 +140,21 @@ class CompletionFeature(Feature):
             )
         return types.CompletionList(is_incomplete=True, items=items)
 
-    async def _suggest(self, uri: str, position: types.Position, trigger: str):
+    async def _suggest(self, uri: str, position: types.Position, trigger: str, method: str):
         document = self.server.documents.get(uri)
         if document is None:
             raise JsonRpcInvalidParams(f"{uri} is not open (send textDocument/didOpen first)")
         if not self.server.settings.completion.enabled or self.server.privacy.is_excluded(uri):
             return None
-        # A newer request for the same document supersedes this one.
-        previous = self._latest.get(uri)
+        # A newer request of the same kind for the same document supersedes this one (ghost
+        # text and a completion menu asking side by side do not cancel each other).
+        slot = (uri, method)
+        previous = self._latest.get(slot)
         if previous is not None and not previous.done():
             previous.cancel()
         me = asyncio.current_task()
         if me is not None:
-            self._latest[uri] = me
+            self._latest[slot] = me
         snapshot = document.snapshot()
         path = path_of(uri)
         request = Request(uri, snapshot, document.offset_at(position), trigger, path, self.display_path(path))
@@ -198,9 +200,10 @@ class CompletionFeature(Feature):
     def document_closed(self, uri: str) -> None:
         self.service.forget(uri)
         self._edits.pop(uri, None)
-        task = self._latest.pop(uri, None)
-        if task is not None and not task.done():
-            task.cancel()
+        for slot in [s for s in self._latest if s[0] == uri]:
+            task = self._latest.pop(slot)
+            if not task.done():
+                task.cancel()
 
     def _recent_snippets(self, uri: str) -> list[Snippet]:
         """Lines around the latest edit of the most recently edited other open files."""

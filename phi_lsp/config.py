@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 DEFAULT_MODEL = "microsoft/Phi-4-mini-instruct"
 DEMO_MODEL = "phi-code-tiny"
+CONTEXT_SOURCES = ("suffix", "imports", "scopes", "symbols", "recent")
 
 
 def _opt(default, kind: str, **rules) -> Any:
@@ -63,6 +64,9 @@ class CompletionSettings:
     max_tokens: int = _opt(64, "int", min=1, max=1_024)
     min_confidence: float = _opt(0.15, "float", min=0.0, max=1.0)
     context_tokens: int = _opt(1_536, "int", min=64, max=131_072)
+    # Which context sources go into prompts besides the prefix (turn "symbols" and "recent"
+    # off to send nothing from other files).
+    context_sources: tuple = _opt(CONTEXT_SOURCES, "str_list", choices=CONTEXT_SOURCES)
     timeout_ms: int = _opt(8_000, "int", min=100, max=120_000)
     prompt_variants: dict = _opt({}, "str_map")
 
@@ -184,6 +188,9 @@ def _check(value: Any, meta: Mapping[str, Any]) -> Any:
             value = [value]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise _Invalid("must be a list of strings")
+        unknown = [v for v in value if "choices" in meta and v not in meta["choices"]]
+        if unknown:
+            raise _Invalid("may only name " + ", ".join(repr(c) for c in meta["choices"]))
         return tuple(value)
     if kind == "str_map":
         if not isinstance(value, Mapping) or not all(
@@ -256,6 +263,8 @@ def validate(source: str, raw: Mapping[str, Any] | None) -> Layer:
         problems.append(f"phi-lsp settings from {source} must be an object; ignored them.")
         return Layer(source, values, problems)
     for section, entries in nest(raw).items():
+        if isinstance(entries, list) and not entries:
+            entries = {}  # an empty Lua table arrives as [] from Neovim
         cls = _SECTION_CLASSES.get(section)
         if cls is None or not isinstance(entries, Mapping):
             problems.append(f"Unknown phi-lsp setting `{section}` (from {source}); ignored it.")

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from .backend import Backend, Health
+from .backend import Backend, BackendError, Health
 from .batching import Batcher
 from .config import Settings
 from .managed_vllm import ManagedVllm, ManagedVllmError, ModelChoice
@@ -64,6 +64,7 @@ class ModelService:
         self._backend_key: tuple | None = None
         self.status = Status(DISABLED)
         self._closing: list[asyncio.Task] = []
+        self._check_task: asyncio.Task | None = None
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -98,11 +99,31 @@ class ModelService:
         self.backend.on_activity = self._on_activity
         self.batcher = Batcher(self.backend)
         self._set_status(READY, f"Using {url}")
+        self._check_task = asyncio.get_running_loop().create_task(self._check(self.backend))
+
+    async def _check(self, backend: Backend) -> None:
+        """Ask the new backend what it serves: an unreachable server or a model it does not
+        serve is said at once, not at the first keystroke."""
+        try:
+            served = await backend.list_models()
+        except BackendError:
+            return  # an outage: the backend has already said so (once) and probes for recovery
+        except Exception:
+            log.exception("checking the backend failed")
+            return
+        for task in ("completion", "review"):
+            model = self.model_for(task)
+            if served and model not in served:
+                self._warn_user(
+                    f"phi-lsp: {backend.url} serves {', '.join(served)}, not {model!r} ({task}.model). "
+                    f"Set {task}.model to one of those."
+                )
 
     def _drop_backend(self) -> None:
-        if self._start_task is not None:
-            self._start_task.cancel()
-            self._start_task = None
+        for task in (self._start_task, self._check_task):
+            if task is not None:
+                task.cancel()
+        self._start_task = self._check_task = None
         closing = []
         if self.batcher is not None:
             closing.append(self.batcher.aclose())
@@ -167,7 +188,7 @@ class ModelService:
     # -- status ----------------------------------------------------------------------------
 
     def _set_status(self, state: str, message: str = "") -> None:
-        model = self.model_for("completion") if self.settings else ""
+        model = self.model_for("completion")
         url = self.backend.url if self.backend is not None else ""
         self.status = Status(state, message, model, url)
         self._notify_status(self.status)

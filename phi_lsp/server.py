@@ -296,8 +296,7 @@ def _register_core(server: PhiServer) -> None:
     @server.feature(types.INITIALIZED)
     def initialized(ls: PhiServer, params: types.InitializedParams) -> None:
         ls.client_ready = True
-        ls.settings_changed()
-        ls._send_status(ls.service.status)
+        ls.settings_changed()  # starts the backend, which reports its status
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: PhiServer, params: types.DidChangeConfigurationParams) -> None:
