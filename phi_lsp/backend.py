@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 0.5
+MAX_PROBES = 8  # probe attempts in flight at once (each bounded by 2x the connect timeout)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -358,22 +359,39 @@ class Backend:
             self._probe_task = asyncio.get_running_loop().create_task(self._probe())
 
     async def _probe(self) -> None:
-        """While down: poll /models until the server answers, then let requests through."""
+        """While down: ask /models every half second until the server answers, then let
+        requests through. Attempts overlap, each with its own deadline, so one that hangs or
+        trickles never holds up the next: recovery is seen within an interval of it."""
+        attempts: set[asyncio.Task] = set()
+        try:
+            while self.health.down:
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                if self.health.probing_ok or len(attempts) >= MAX_PROBES:
+                    continue
+                attempt = asyncio.get_running_loop().create_task(self._probe_once())
+                attempts.add(attempt)
+                attempt.add_done_callback(attempts.discard)
+        finally:
+            for attempt in attempts:
+                attempt.cancel()
+
+    async def _probe_once(self) -> None:
         import httpx
 
-        probe_timeout = httpx.Timeout(self._connect_timeout * 2, connect=self._connect_timeout)
-        while self.health.down:
-            await asyncio.sleep(PROBE_INTERVAL_S)
-            if self.health.probing_ok:
-                continue
-            try:
-                response = await self._client.get(self.url + "/models", timeout=probe_timeout)
-            except (httpx.HTTPError, OSError):
-                continue
-            if response.status_code < 500 and response.status_code != 429:
+        deadline = self._connect_timeout * 2
+        try:
+            # httpx's read timeout is per read: the deadline also bounds a slow drip.
+            async with asyncio.timeout(deadline):
+                response = await self._client.get(
+                    self.url + "/models", timeout=httpx.Timeout(deadline, connect=self._connect_timeout)
+                )
+        except (httpx.HTTPError, OSError, TimeoutError):
+            return
+        if response.status_code < 500 and response.status_code != 429 and self.health.down:
+            if not self.health.probing_ok:
                 log.info("backend %s answers again", self.url)
-                self.health.probing_ok = True
-                self.health.retry_after = 0.0
+            self.health.probing_ok = True
+            self.health.retry_after = 0.0
 
 
 def _short(exc: Exception) -> str:
