@@ -23,7 +23,7 @@ from pygls.lsp.server import LanguageServer
 from . import __version__, config, positions
 from .documents import DocumentStore
 from .feature import Feature
-from .model_service import ModelService, Status
+from .model_service import UNREACHABLE, ModelService, Status
 from .privacy import PrivacyFilter
 from .progress import ProgressReporter
 from .protocol import PhiProtocol, read_messages
@@ -47,13 +47,14 @@ class PhiServer(LanguageServer):
         self.workspace_roots: list[Path] = []
         self.service = ModelService(
             notify_status=self._send_status,
-            warn_user=lambda text: self.show_message_once(text, types.MessageType.Warning),
+            warn_user=self._warn_from_service,
             inform_user=lambda text: self.show_message_once(text, types.MessageType.Info),
             progress=self._model_progress,
         )
         self.features: list[Feature] = []
         self.index: Any = None  # IndexFeature: the workspace symbol index (set in create_server)
         self._shown: set[str] = set()
+        self._outage_messages: set[str] = set()
         self._startup_progress: ProgressReporter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -156,7 +157,19 @@ class PhiServer(LanguageServer):
         # pygls would pop up a message for every failed notification; log it instead.
         log.error("internal error (%s): %s", getattr(source, "__name__", source), error)
 
+    def _warn_from_service(self, text: str) -> None:
+        # The model service warns about an outage right after the status turns "unreachable".
+        # Such a message is worth showing again in the next outage (the same reason often
+        # comes back: "cannot connect ..."), so it is forgotten when the outage ends.
+        if self.service.status.state == UNREACHABLE:
+            self._outage_messages.add(text)
+        self.show_message_once(text, types.MessageType.Warning)
+
     def _send_status(self, status: Status) -> None:
+        if status.state != UNREACHABLE and self._outage_messages:
+            for text in self._outage_messages:
+                self.forget_message(text)
+            self._outage_messages.clear()
         if self.protocol.writer is not None and self.client_ready:
             self.protocol.notify(STATUS_NOTIFICATION, status.as_json())
 
