@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-from common import Editor, add_backend_flag, editor, python_sources, quiet_client_logs, vllm  # noqa: E402
+from common import add_backend_flag, editor, python_sources, quiet_client_logs, vllm  # noqa: E402
 from lsprotocol import types  # noqa: E402
 
 
@@ -116,7 +116,7 @@ async def bench_typing(url: str, root: Path) -> None:
             future.msg_id = msg_id
             version = ed.versions[uri]
             future.add_done_callback(lambda f, v=version: settle(f, v))
-            pending, pending_version = future, version
+            pending = future
             await asyncio.sleep(0.040)
         await asyncio.wait([pending], timeout=15)
         await asyncio.sleep(0.2)

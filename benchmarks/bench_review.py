@@ -35,7 +35,6 @@ import sysconfig
 import tempfile
 import time
 import traceback
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import AsyncIterator

@@ -162,8 +162,11 @@ def build_context(
             if "recent" not in used:
                 used.append("recent")
 
+    # With a preamble the window must start at a statement boundary, or the preamble reads
+    # like a file cut in the middle of a block (which measurably confuses models).
+    align = sources.scopes or sources.imports
     prefix_bytes_start, prefix_tokens = _prefix_window(
-        source, line_start, cursor, max(remaining, 32), counter, snapshot.tree if sources.scopes else None
+        source, line_start, cursor, max(remaining, 32), counter, snapshot.tree if align else None
     )
     window_start_line = source.count(b"\n", 0, prefix_bytes_start)
     prefix = _decode(source[prefix_bytes_start:cursor])
@@ -348,10 +351,29 @@ def names_near(snapshot: Snapshot, cursor: int) -> list[str]:
     return names
 
 
+def imported_names(snapshot: Snapshot) -> list[str]:
+    """Names the file imports (`from x import a, b as c` -> a, b): likely to be used next."""
+    spec = syntax.spec_for(snapshot.language)
+    names: list[str] = []
+    for child in snapshot.tree.root_node.named_children:
+        if child.type not in spec.imports:
+            continue
+        text = snapshot.source[child.start_byte : child.end_byte].decode("utf-8", "replace")
+        if " import " in text:
+            text = text.split(" import ", 1)[1]
+        for part in re.split(r"[,()\s]+", text):
+            if part and part not in ("as", "import", "*") and part.isidentifier():
+                names.append(part)
+    return names
+
+
 def _definitions_near(snapshot: Snapshot, cursor: int, index: SymbolIndex, file_path: str | None) -> list[Definition]:
     chosen: list[Definition] = []
     seen: set[tuple[str, int]] = set()
-    for name in names_near(snapshot, cursor):
+    # Names used just before the cursor first, then what the file imports from the workspace.
+    candidates = names_near(snapshot, cursor)
+    candidates += [n for n in imported_names(snapshot) if n not in candidates]
+    for name in candidates:
         defs = index.lookup(name, exclude_path=file_path)
         for d in defs[:2]:
             key = (d.path, d.line)

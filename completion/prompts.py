@@ -15,13 +15,13 @@ definitions, recent edits, then the current file), so consecutive prompts share 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from phi_lsp import models
+from phi_lsp.models import END_OF_TEXT, PHI3, PHI4, RAW  # noqa: F401 (re-exported)
 
 from .context import CompletionContext
 
-RAW, PHI3, PHI4 = "raw", "phi3", "phi4"
-END_OF_TEXT = "<|endoftext|>"
 HOLE = "<FILL_HERE>"
 
 SYSTEM = (
@@ -33,20 +33,7 @@ SYSTEM = (
 
 
 def family(model: str, prompt_mode: str = "auto") -> str:
-    """The prompt family for a served model name: raw, phi3 (also 3.5/4-mini) or phi4."""
-    if prompt_mode == "raw":
-        return RAW
-    name = re.sub(r"[^a-z0-9.]", "", model.lower().rsplit("/", 1)[-1])
-    chat_family = None
-    if re.search(r"phi4mini|phi3", name):
-        chat_family = PHI3
-    elif "phi4" in name:
-        chat_family = PHI4
-    if prompt_mode == "chat":
-        return chat_family or PHI3
-    # auto: instruct/chat Phi models get the chat template; base models continue raw text.
-    is_base = "base" in name or chat_family is None
-    return RAW if is_base else chat_family
+    return models.prompt_family(model, prompt_mode)
 
 
 @dataclass(frozen=True)
@@ -105,16 +92,8 @@ def _render_chat(ctx: CompletionContext, prompt_family: str, single_line: bool) 
     scope = "the rest of the current line only" if single_line else "the current statement or block"
     user.append(f"Write the code for {HOLE} ({scope}).")
     body = "".join(user)
-    if prompt_family == PHI4:
-        text = (
-            f"<|im_start|>system<|im_sep|>{SYSTEM}<|im_end|>"
-            f"<|im_start|>user<|im_sep|>{body}<|im_end|>"
-            "<|im_start|>assistant<|im_sep|>"
-        )
-        stop = ("<|im_end|>", END_OF_TEXT, "\n```")
-    else:
-        text = f"<|system|>\n{SYSTEM}<|end|>\n<|user|>\n{body}<|end|>\n<|assistant|>\n"
-        stop = ("<|end|>", END_OF_TEXT, "\n```")
+    text = models.chat_prompt(prompt_family, SYSTEM, body)
+    stop = models.chat_stops(prompt_family) + ("\n```",)
     if single_line:
         stop = stop + ("\n",)
     return Prompt(text, prompt_family, stop, echo=ctx.line_prefix)
@@ -123,11 +102,5 @@ def _render_chat(ctx: CompletionContext, prompt_family: str, single_line: bool) 
 def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
     """The same chat prompt as messages, for servers that apply the template themselves
     (backend.kind = openai: Ollama, Azure AI Foundry)."""
-    text = prompt.text
-    if prompt.family == PHI4:
-        system = text.split("<|im_start|>system<|im_sep|>", 1)[1].split("<|im_end|>", 1)[0]
-        user = text.split("<|im_start|>user<|im_sep|>", 1)[1].split("<|im_end|>", 1)[0]
-    else:
-        system = text.split("<|system|>\n", 1)[1].split("<|end|>", 1)[0]
-        user = text.split("<|user|>\n", 1)[1].split("<|end|>", 1)[0]
+    system, user = models.split_chat_prompt(prompt.family, prompt.text)
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

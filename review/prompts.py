@@ -25,9 +25,10 @@ save still go out as one list-of-prompts request.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable
+
+from phi_lsp import models
 
 from .units import Unit
 
@@ -85,25 +86,15 @@ def constraint() -> tuple[str, str]:
 
 def resolve_mode(mode: str, model: str) -> str:
     """"raw", "phi3" or "chatml" for a promptMode setting and a served model name."""
-    name = model.lower().replace("_", "-")
-    family = "chatml" if re.search(r"phi-?4(?!-?mini)", name) else "phi3"
-    if mode == "chat":
-        return family
-    if mode == "raw":
-        return "raw"
-    # auto: the Phi instruct models get a chat prompt; anything else (base models) raw.
-    if re.search(r"phi-?3|phi-?4", name) and "base" not in name:
-        return family
-    return "raw"
+    family = models.prompt_family(model, mode)
+    return "chatml" if family == models.PHI4 else family
 
 
 def stop_sequences(mode: str) -> tuple[str, ...]:
     """Where an unconstrained answer ends (constrained answers end with the regex)."""
     if mode == "raw":
         return ("\n## ", "\nReview:")
-    if mode == "phi3":
-        return ("<|end|>", "<|endoftext|>")
-    return ("<|im_end|>",)
+    return models.chat_stops(models.PHI4 if mode == "chatml" else models.PHI3)
 
 
 # -- context ---------------------------------------------------------------------------------
@@ -284,12 +275,7 @@ def render_chat(unit: Unit, ctx: PromptContext, mode: str, keep_imports=True, ke
         f"{_context_block(_context_lines(unit, ctx, keep_imports, keep_signatures))}"
         f"```{fence}\n{numbered(unit)}\n```"
     )
-    if mode == "chatml":
-        return (
-            f"<|im_start|>system<|im_sep|>{_SYSTEM}<|im_end|>"
-            f"<|im_start|>user<|im_sep|>{user}<|im_end|><|im_start|>assistant<|im_sep|>"
-        )
-    return f"<|system|>\n{_SYSTEM}<|end|>\n<|user|>\n{user}<|end|>\n<|assistant|>\n"
+    return models.chat_prompt(models.PHI4 if mode == "chatml" else models.PHI3, _SYSTEM, user)
 
 
 def estimate_tokens(text: str) -> int:
