@@ -90,7 +90,6 @@ async def bench_typing(url: str, root: Path) -> None:
         keystrokes = (TYPED * 3)[:200]
         stale = delivered = cancelled = answered = 0
         pending: asyncio.Future | None = None
-        pending_version = 0
 
         def settle(future: asyncio.Future, version: int) -> None:
             nonlocal stale, delivered, cancelled, answered
