@@ -5,6 +5,7 @@ For every fault mode, one server goes through two outages of that kind:
   request is answered (an empty list or an error) within completion.timeoutMs + 1 s;
 - `phi/status` turns "unreachable" and exactly one window/showMessage about the outage is shown
   per outage, not one per request; requests made while it lasts are answered at once;
+- a save while it lasts is skipped and publishes nothing;
 - the second outage is first met by a review (`phi.review`): it answers within
   review.timeoutMs + 1 s with its units failed and publishes no diagnostics;
 - after `heal()` a completion gives the model's answer again within 2 s and the status is
@@ -92,7 +93,7 @@ def fault_settings(url: str) -> dict:
             "backend.connectTimeoutMs": 500,
             "review.timeoutMs": int(REVIEW_TIMEOUT_S * 1000),
             "review.maxTokens": 48,
-            "review.onSave": False,
+            "review.onSave": True,
         },
     )
 
@@ -193,7 +194,15 @@ async def test_backend_fault(fault_client: LanguageClient, proxy: FaultProxy, mo
         started = time.monotonic()
         await burst(client, 3)
         assert time.monotonic() - started < 1.0
+        # A save while it lasts: skipped, nothing published, no second message.
+        uri, _ = open_new(client, review_source)
+        client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri)))
+        stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="phi.stats"))
+        assert stats["review"]["events"].get("skippedNotReady", 0) >= outage, stats["review"]
         assert len(outage_messages(client)) == outage, client.messages
+        # Besides it, at most the review's one-time note that this save was not reviewed.
+        others = [m.message for m in client.messages if OUTAGE_TEXT not in m.message]
+        assert all("review skipped" in m for m in others) and len(others) <= outage, others
         assert len(client.diagnostics) == diagnostics_before
 
         mark = len(client.statuses)
