@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from .positions import valid_text
+
 if TYPE_CHECKING:
     import httpx
 
@@ -247,7 +249,7 @@ class Backend:
         """The JSON body of a /completions request (the benchmarks replay it verbatim)."""
         body: dict[str, Any] = {
             "model": model,
-            "prompt": list(prompts) if len(prompts) > 1 else prompts[0],
+            "prompt": [valid_text(p) for p in prompts] if len(prompts) > 1 else valid_text(prompts[0]),
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
             "n": sampling.n,
@@ -271,7 +273,7 @@ class Backend:
         """One chat completion (the server applies the model's chat template)."""
         body: dict[str, Any] = {
             "model": model,
-            "messages": messages,
+            "messages": [{**m, "content": valid_text(m["content"])} if isinstance(m.get("content"), str) else m for m in messages],
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
             "n": sampling.n,

@@ -29,6 +29,17 @@ def decode(data: bytes) -> str:
         return data.decode("utf-8", "replace")
 
 
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode, for what must be real UTF-8 (a tokenizer, a request body):
+    lone surrogates (from a client's JSON, or from bytes that were never UTF-8) become U+FFFD;
+    the two halves of a pair that arrived as separate code points become the one character."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def _units(char: str, encoding: str) -> int:
     if encoding == UTF32:
         return 1

@@ -11,6 +11,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from .positions import valid_text
+
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 3.5
@@ -55,7 +57,7 @@ class TokenCounter:
         if not text:
             return 0
         if self._tokenizer is not None:
-            return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+            return len(self._tokenizer.encode(valid_text(text), add_special_tokens=False).ids)
         return int(len(text) / CHARS_PER_TOKEN) + 1
 
     def count_lines(self, text: str) -> int:
