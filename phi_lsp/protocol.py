@@ -5,6 +5,7 @@ where a client can be wrong:
   an incrementally edited tree-sitter tree) instead of pygls' workspace text;
 - lifecycle: requests before `initialize` get ServerNotInitialized (-32002), requests after
   `shutdown` get InvalidRequest (-32600); `exit` ends the loop with 0 after shutdown, 1 without;
+- positions in requests are normalized (past the end, inside a character) before handlers;
 - the message reader answers malformed JSON with ParseError (-32700), a request it cannot
   decode with InvalidParams (-32602) or InvalidRequest, and resynchronises after a wrong
   Content-Length instead of losing every later message.
@@ -69,7 +70,23 @@ class PhiProtocol(LanguageServerProtocol):
                 self.send_error(message.id, INVALID_REQUEST, "initialize was already called")
                 return
             self.initialized = True
+        if is_request:
+            self._normalize_position(getattr(message, "params", None))
         super().handle_message(message)
+
+    def _normalize_position(self, params: Any) -> None:
+        """A position past the end of its line or document, or inside a character (the middle
+        of a surrogate pair or of a UTF-8 sequence), becomes the position it means (the line's
+        end, the document's end, the character's start) before any handler sees it, so what
+        the server answers with (an inline completion's range, a text edit) is never a place
+        the client cannot insert at."""
+        position = getattr(params, "position", None)
+        document_id = getattr(params, "text_document", None)
+        if not isinstance(position, types.Position) or document_id is None:
+            return
+        document = self._server.documents.get(getattr(document_id, "uri", None))
+        if document is not None:
+            params.position = document.position_at(document.offset_at(position))
 
     @lsp_method(types.EXIT)
     def lsp_exit(self, *args):
