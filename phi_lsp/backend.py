@@ -203,6 +203,8 @@ class Backend:
         )
         self._probe_task: asyncio.Task | None = None
         self.on_activity: Callable[[int], None] = lambda in_flight: None
+        # (served model name, prompt tokens, completion tokens) of each answered request
+        self.on_usage: Callable[[str, int, int], None] = lambda model, prompt, completion: None
 
     @property
     def supports_batching(self) -> bool:
@@ -302,8 +304,11 @@ class Backend:
         self.health.mark_up()
         usage = data.get("usage") if isinstance(data, dict) else None
         if isinstance(usage, dict):
-            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+            self.stats.prompt_tokens += prompt_tokens
+            self.stats.completion_tokens += completion_tokens
+            self.on_usage(str(body.get("model", "")), prompt_tokens, completion_tokens)
         return data
 
     async def _request(self, method: str, path: str, body: dict | None, timeout_s: float | None) -> Any:
