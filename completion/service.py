@@ -230,6 +230,8 @@ class CompletionService:
         try:
             await asyncio.shield(flight.task)
         except asyncio.CancelledError:
+            if not _we_are_cancelled():
+                return None  # the request we waited for was aborted: ask anew
             self._release(request.uri, flight)
             raise
         except Exception:
@@ -273,6 +275,8 @@ class CompletionService:
         try:
             suggestions = await asyncio.shield(task)
         except asyncio.CancelledError:
+            if not _we_are_cancelled():
+                return Result([], "none", "superseded", plan.context, plan.prompt, timings)
             self._release(request.uri, flight)
             raise
         except BackendError as exc:
@@ -405,6 +409,12 @@ class CompletionService:
     async def aclose(self) -> None:
         for task in list(self._prefetching) + [f.task for f in self._in_flight.values()]:
             task.cancel()
+
+
+def _we_are_cancelled() -> bool:
+    """Whether the CancelledError at hand is for the current task (not for a task it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _extends(flight: _InFlight, request: Request) -> bool:
