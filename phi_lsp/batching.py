@@ -76,9 +76,13 @@ class Batcher:
         return not self._open and not self._in_flight
 
     async def complete(
-        self, model: str, prompt: str, sampling: Sampling, timeout_s: float | None = None
+        self, model: str, prompt: str, sampling: Sampling, timeout_s: float | None = None,
+        affinity: str | None = None,
     ) -> list[Choice]:
-        """The `sampling.n` choices for one prompt, sent together with its neighbours."""
+        """The `sampling.n` choices for one prompt, sent together with its neighbours.
+
+        `affinity` (the document asking) matters only to an endpoint pool
+        (phi_lsp/endpoints.py); one backend has nowhere else to send it."""
         loop = asyncio.get_running_loop()
         entry = _Entry(prompt, loop.create_future())
         key = (model, sampling, timeout_s)
