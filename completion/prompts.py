@@ -11,11 +11,23 @@ Phi models are not FIM-trained and vLLM rejects `suffix`, so the prompt is rende
 
 Order matters for vLLM's prefix cache: what changes least comes first (instructions, other files'
 definitions, recent edits, then the current file), so consecutive prompts share a long prefix.
+
+Prompt variants (`completion.promptVariants`, for A/B comparison) are templates with named
+placeholders: `{files}` (the other files' code, as the family shows it), `{path}`, `{language}`,
+`{comment}` (the line-comment marker), `{prefix}` (the current file up to the cursor), `{suffix}`
+(the text after it), `{hole}` (the cursor marker of chat prompts). For base models (raw) the
+template is the whole prompt and should end with `{prefix}`; for chat models it is the user
+message (the system prompt and the model's template stay). Any other brace is literal text.
+Each request is assigned a variant by a hash of its document and line (`variant_for`), the
+built-in prompt taking part as the variant "default".
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
+from typing import Mapping
 
 from phi_lsp import models
 from phi_lsp.models import END_OF_TEXT, PHI3, PHI4, RAW  # noqa: F401 (re-exported)
@@ -23,6 +35,14 @@ from phi_lsp.models import END_OF_TEXT, PHI3, PHI4, RAW  # noqa: F401 (re-export
 from .context import CompletionContext
 
 HOLE = "<FILL_HERE>"
+DEFAULT_VARIANT = "default"
+PLACEHOLDERS = ("files", "path", "language", "comment", "prefix", "suffix", "hole")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+# What the built-in prompts are, as templates (rendering these gives the built-in prompts).
+DEFAULT_TEMPLATES = {
+    RAW: "{files}{comment} file: {path}\n{prefix}",
+    "chat": "{files}Current file {path}:\n```{language}\n{prefix}{hole}{suffix}\n```\n",
+}
 
 SYSTEM = (
     "You are a code completion engine inside an editor. You are shown files from the user's "
@@ -46,10 +66,69 @@ class Prompt:
     echo: str = ""
 
 
-def render(ctx: CompletionContext, prompt_family: str, single_line: bool) -> Prompt:
+def variant_for(variants: Mapping[str, str], key: str) -> str:
+    """The prompt variant of a request: the same key (document and line) always gets the
+    same one; keys spread evenly over "default" and the configured variants."""
+    names = sorted(set(variants) | {DEFAULT_VARIANT})
+    if len(names) == 1:
+        return DEFAULT_VARIANT
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+    return names[int.from_bytes(digest[:8], "big") % len(names)]
+
+
+def uses_suffix(template: str | None) -> bool:
+    return template is not None and "{suffix}" in template
+
+
+def render(ctx: CompletionContext, prompt_family: str, single_line: bool, template: str | None = None) -> Prompt:
+    if template is not None:
+        return _render_template(ctx, prompt_family, single_line, template)
     if prompt_family == RAW:
         return _render_raw(ctx, single_line)
     return _render_chat(ctx, prompt_family, single_line)
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """The template with its placeholders replaced (other braces stay as they are)."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), template)
+
+
+def _template_values(ctx: CompletionContext, prompt_family: str) -> dict[str, str]:
+    if prompt_family == RAW:
+        files = "".join(
+            _file_header(ctx.comment, s.path) + s.text.rstrip("\n") + f"\n{END_OF_TEXT}\n" for s in ctx.snippets
+        )
+    else:
+        fence = "```" + (ctx.language or "")
+        files = ""
+        if ctx.snippets:
+            files = "Relevant code from other files:\n" + "".join(
+                f"{fence}\n{_file_header(ctx.comment, s.path)}{s.text.rstrip()}\n```\n" for s in ctx.snippets
+            )
+    return {
+        "files": files,
+        "path": ctx.path,
+        "language": ctx.language or "",
+        "comment": ctx.comment,
+        "prefix": _current_file_head(ctx),
+        "suffix": ctx.suffix,
+        "hole": HOLE,
+    }
+
+
+def _render_template(ctx: CompletionContext, prompt_family: str, single_line: bool, template: str) -> Prompt:
+    body = fill(template, _template_values(ctx, prompt_family))
+    if prompt_family == RAW:
+        stop = [END_OF_TEXT, f"\n{ctx.comment} file:"]
+        if single_line:
+            stop.append("\n")
+        return Prompt(body, RAW, tuple(stop))
+    scope = "the rest of the current line only" if single_line else "the current statement or block"
+    text = models.chat_prompt(prompt_family, SYSTEM, body + f"Write the code for {HOLE} ({scope}).")
+    stop = models.chat_stops(prompt_family) + ("\n```",)
+    if single_line:
+        stop = stop + ("\n",)
+    return Prompt(text, prompt_family, stop, echo=ctx.line_prefix)
 
 
 def _file_header(comment: str, path: str) -> str:

@@ -9,7 +9,11 @@ model calls as it can.
 - in-flight reuse: when the user types on while a request is in flight and the new position
   extends it, the new request waits for that answer instead of asking again;
 - candidates (several for invoked completions) and the next-line prefetch go through the batch
-  window, so concurrent prompts share one list-of-prompts request.
+  window, so concurrent prompts share one list-of-prompts request;
+- escalation: an invoked completion whose candidates all fell below `completion.minConfidence`
+  is asked again of `completion.escalationModel` (phi_lsp/routing.py); automatic ones never are;
+- prompt variants: each request gets a variant of `completion.promptVariants` by a hash of its
+  document and line, recorded on its suggestions (completion/prompts.py).
 
 No LSP types here: callers pass snapshots and byte offsets, and get texts back.
 """
@@ -21,7 +25,7 @@ import logging
 import statistics
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +34,7 @@ from phi_lsp.backend import Backend, BackendError, Choice, Sampling
 from phi_lsp.batching import Batcher
 from phi_lsp.config import CompletionSettings
 from phi_lsp.documents import Snapshot
+from phi_lsp.routing import Router, completion_reason
 from phi_lsp.symbols import SymbolIndex
 from phi_lsp.tokens import TokenCounter
 
@@ -44,6 +49,7 @@ MAX_DEBOUNCE_S = 0.4
 CANCEL_GRACE_S = 0.25  # an abandoned in-flight request waits this long for a taker
 PREFETCH_CONFIDENCE = 0.5  # automatic completions prefetch the next line only when this sure
 PREFETCH_WAIT_STEPS = 20  # x 50 ms: give up a prefetch if the model stays busy this long
+MAX_GROUPS = 2_000  # suggestion groups whose model/variant are remembered (for cache hits)
 
 
 @dataclass
@@ -51,6 +57,9 @@ class Suggestion:
     id: str
     text: str
     confidence: float | None = None
+    model: str = ""  # the model that produced it
+    variant: str = prompts.DEFAULT_VARIANT  # the prompt variant it was asked with
+    escalation: str | None = None  # why the escalation model answered instead, if it did
 
 
 @dataclass
@@ -81,6 +90,7 @@ class Model:
     batcher: Batcher
     name: str
     counter: TokenCounter
+    served_name: str = ""  # what the server calls it, when `name` is an alias (prompt family)
 
 
 @dataclass
@@ -94,6 +104,8 @@ class Stats:
     prefetches: int = 0
     empty: int = 0
     errors: int = 0
+    escalated: int = 0
+    escalation_answered: int = 0  # escalations that gave a suggestion
     dropped: dict[str, int] = field(default_factory=dict)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=500))
 
@@ -105,6 +117,7 @@ class Stats:
             "servedInFlight": self.served_in_flight, "modelCalls": self.model_calls,
             "superseded": self.superseded, "debouncedAway": self.debounced_away,
             "prefetches": self.prefetches, "empty": self.empty, "errors": self.errors,
+            "escalated": self.escalated, "escalationAnswered": self.escalation_answered,
             "dropped": dict(self.dropped), "latencyMs": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
         }
 
@@ -115,6 +128,7 @@ class Plan:
     prompt: prompts.Prompt
     info: postprocess.CursorInfo
     single_line: bool
+    variant: str = prompts.DEFAULT_VARIANT
 
 
 @dataclass(eq=False)
@@ -135,8 +149,12 @@ class CompletionService:
         recent: Callable[[str], list[Snippet]] = lambda uri: [],
         clean: Callable[[str], str] = lambda text: text,
         display: Callable[[str], str] = lambda path: path,
+        escalation: Callable[[], Model | None] = lambda: None,
+        router: Router | None = None,
     ):
         self._model = model
+        self._escalation = escalation
+        self.router = router
         self._settings = settings
         self.index = index
         self._recent = recent
@@ -148,6 +166,7 @@ class CompletionService:
         self._keystrokes: dict[str, deque] = {}
         self._prefetching: set[asyncio.Task] = set()
         self.last_prompt: dict | None = None
+        self._groups: OrderedDict[str, tuple[str, str, str | None]] = OrderedDict()  # group -> model, variant, escalation
 
     # -- typing rhythm ---------------------------------------------------------------------
 
@@ -219,7 +238,11 @@ class CompletionService:
             return None
         texts, entry = hit
         self.stats.served_from_cache += 1
-        return Result([Suggestion(f"{entry.suggestion_id}+{i}", t) for i, t in enumerate(texts)], "cache")
+        model, variant, escalation = self._groups.get(entry.suggestion_id, ("", prompts.DEFAULT_VARIANT, None))
+        return Result(
+            [Suggestion(f"{entry.suggestion_id}+{i}", t, None, model, variant, escalation) for i, t in enumerate(texts)],
+            "cache",
+        )
 
     async def _wait_for(self, flight: _InFlight, request: Request) -> Result | None:
         """The in-flight answer, typed-through to this position; None if it does not apply."""
@@ -266,7 +289,7 @@ class CompletionService:
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         settings = self._settings()
-        plan = self._plan(request, model, settings)
+        plan = self._plan(request, model, settings, self.variant_of(request, settings))
         timings["contextMs"] = (time.monotonic() - t0) * 1000
         task = asyncio.get_running_loop().create_task(self._call_model(request, model, plan, settings))
         flight = _InFlight(task, request.cursor, request.snapshot.source)
@@ -296,11 +319,20 @@ class CompletionService:
 
     # -- building and sending the prompt ---------------------------------------------------
 
-    def _plan(self, request: Request, model: Model, settings: CompletionSettings) -> "Plan":
+    @staticmethod
+    def variant_of(request: Request, settings: CompletionSettings) -> str:
+        """The prompt variant of a request (a hash of its document and line)."""
+        if not settings.prompt_variants:
+            return prompts.DEFAULT_VARIANT
+        line = request.snapshot.source.count(b"\n", 0, request.cursor)
+        return prompts.variant_for(settings.prompt_variants, f"{request.uri}\0{line}")
+
+    def _plan(self, request: Request, model: Model, settings: CompletionSettings, variant: str = prompts.DEFAULT_VARIANT) -> "Plan":
         snapshot = request.snapshot
         budget = max(64, settings.context_tokens)
         sources = Sources.named(settings.context_sources)
-        family = prompts.family(model.name, settings.prompt_mode)
+        family = prompts.family(model.served_name or model.name, settings.prompt_mode)
+        template = settings.prompt_variants.get(variant)
         context = build_context(
             snapshot,
             request.cursor,
@@ -312,13 +344,13 @@ class CompletionService:
             recent=self._recent(request.uri) if sources.recent else None,
             sources=sources,
             display=self._display,
-            suffix_in_prompt=family != prompts.RAW,
+            suffix_in_prompt=family != prompts.RAW or prompts.uses_suffix(template),
         )
         info = _cursor_info(snapshot, request.cursor, context)
         multiline = postprocess.is_multiline_position(info)
-        prompt = prompts.render(context, family, single_line=not multiline)
+        prompt = prompts.render(context, family, single_line=not multiline, template=template)
         prompt = prompts.Prompt(self._clean(prompt.text), prompt.family, prompt.stop, prompt.echo)
-        return Plan(context, prompt, info, not multiline)
+        return Plan(context, prompt, info, not multiline, variant)
 
     async def _call_model(self, request: Request, model: Model, plan: "Plan", settings: CompletionSettings) -> list[Suggestion]:
         self.stats.model_calls += 1
@@ -334,32 +366,76 @@ class CompletionService:
             "requests": [model.backend.completion_body(model.name, [plan.prompt.text], s) for s in samplings],
         }
         sent = time.monotonic()
-        answers = await asyncio.gather(*(self._complete(model, plan.prompt, s, timeout) for s in samplings))
+        answers = await asyncio.gather(*(self._complete(model, plan.prompt, s, timeout, request.uri) for s in samplings))
         choices = [c for answer in answers for c in answer]
         group = uuid.uuid4().hex[:12]
         answered = time.monotonic()
-        suggestions = self._postprocess(choices, plan, settings.min_confidence, group)
+        low: list[int] = []
+        suggestions = self._postprocess(choices, plan, settings.min_confidence, group, low)
         self.last_prompt["timings"] = {"backendMs": (answered - sent) * 1000, "postprocessMs": (time.monotonic() - answered) * 1000}
+        produced_by, escalation = model.name, None
+        reason = completion_reason(request.trigger == INVOKED, len(suggestions), len(low))
+        if reason is not None:
+            escalated = await self._escalate(request, plan, settings, group, reason)
+            if escalated is not None:
+                suggestions, produced_by, escalation = escalated
+        for suggestion in suggestions:
+            suggestion.model, suggestion.variant, suggestion.escalation = produced_by, plan.variant, escalation
+        self._groups[group] = (produced_by, plan.variant, escalation)
+        while len(self._groups) > MAX_GROUPS:
+            self._groups.popitem(last=False)
         self.cache.put(request.uri, request.snapshot.source, request.cursor, [s.text for s in suggestions], group)
         return suggestions
 
-    async def _complete(self, model: Model, prompt: prompts.Prompt, sampling: Sampling, timeout: float) -> list[Choice]:
+    async def _escalate(self, request: Request, plan: "Plan", settings: CompletionSettings, group: str, reason: str):
+        """Ask the escalation model (greedy, one candidate); None when it may not or cannot."""
+        large = self._escalation()
+        router = self.router
+        if router is None or large is None:
+            if router is not None and settings.escalation_model:
+                router.unavailable("completion", settings.escalation_model)
+            return None
+        if not router.admit("completion", large.name, reason, plan.variant):
+            return None
+        self.stats.escalated += 1
+        big_plan = self._plan(request, large, settings, plan.variant)
+        sampling = Sampling(max_tokens=settings.max_tokens, stop=big_plan.prompt.stop, logprobs=True)
+        self.last_prompt["escalation"] = {
+            "model": large.name, "reason": reason,
+            "request": large.backend.completion_body(large.name, [big_plan.prompt.text], sampling),
+        }
+        try:
+            choices = await self._complete(large, big_plan.prompt, sampling, settings.timeout_ms / 1000, request.uri)
+        except BackendError as exc:
+            log.info("escalation to %s failed: %s", large.name, exc.reason)
+            router.escalation_failed("completion", large.name)
+            return None
+        suggestions = self._postprocess(choices, big_plan, settings.min_confidence, group)
+        if suggestions:
+            self.stats.escalation_answered += 1
+        return suggestions, large.name, reason
+
+    async def _complete(self, model: Model, prompt: prompts.Prompt, sampling: Sampling, timeout: float,
+                        affinity: str | None = None) -> list[Choice]:
         backend = model.backend
         if prompt.family != prompts.RAW and not backend.supports_batching:
             # OpenAI-compatible servers apply the chat template themselves.
             return await backend.chat(model.name, prompts.chat_messages(prompt), sampling, timeout)
-        return await model.batcher.complete(model.name, prompt.text, sampling, timeout)
+        return await model.batcher.complete(model.name, prompt.text, sampling, timeout, affinity=affinity)
 
-    def _postprocess(self, choices: list[Choice], plan: "Plan", min_confidence: float, group: str) -> list[Suggestion]:
+    def _postprocess(self, choices: list[Choice], plan: "Plan", min_confidence: float, group: str,
+                     low_confidence: list[int] | None = None) -> list[Suggestion]:
         kept: list[Suggestion] = []
-        for choice in choices:
+        for index, choice in enumerate(choices):
             outcome = postprocess.postprocess(choice, plan.info, not plan.single_line, min_confidence, plan.prompt.echo)
             if outcome.text is None:
                 self.stats.dropped[outcome.reason] = self.stats.dropped.get(outcome.reason, 0) + 1
+                if outcome.reason == "low-confidence" and low_confidence is not None:
+                    low_confidence.append(index)
                 continue
             if any(s.text == outcome.text for s in kept):
                 continue
-            kept.append(Suggestion(f"{group}+{len(kept)}", outcome.text, outcome.confidence))
+            kept.append(Suggestion(f"{group}+{len(kept)}", outcome.text, outcome.confidence, variant=plan.variant))
         # The greedy answer first, then the others by confidence.
         head, tail = kept[:1], sorted(kept[1:], key=lambda s: -(s.confidence or 0))
         return head + tail
@@ -392,14 +468,15 @@ class CompletionService:
             else:
                 return
             self.stats.prefetches += 1
-            plan = self._plan(ahead, model, settings)
+            plan = self._plan(ahead, model, settings, self.variant_of(ahead, settings))
             sampling = Sampling(max_tokens=settings.max_tokens, stop=plan.prompt.stop, logprobs=True)
             try:
-                choices = await self._complete(model, plan.prompt, sampling, settings.timeout_ms / 1000)
+                choices = await self._complete(model, plan.prompt, sampling, settings.timeout_ms / 1000, ahead.uri)
             except BackendError:
                 return
             group = uuid.uuid4().hex[:12]
             suggestions = self._postprocess(choices, plan, settings.min_confidence, group)
+            self._groups[group] = (model.name, plan.variant, None)
             self.cache.put(ahead.uri, new_source, ahead.cursor, [s.text for s in suggestions], group)
 
         task = asyncio.get_running_loop().create_task(run())
