@@ -83,3 +83,54 @@ def test_exits_when_the_editor_process_dies(raw, tmp_path):
     editor.kill()
     editor.wait()
     assert raw.wait(timeout=15) == 1
+
+
+def test_tcp_transport(tmp_path):
+    import socket
+
+    from phi_lsp.managed_vllm import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "phi_lsp", "serve", "--tcp", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise AssertionError("phi-lsp --tcp exited")
+                import time
+                time.sleep(0.1)
+        stream = sock.makefile("rwb")
+
+        def send(message):
+            body = json.dumps(message).encode()
+            stream.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            stream.flush()
+
+        def receive(msg_id):
+            while True:
+                length = None
+                while True:
+                    line = stream.readline()
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                    elif line in (b"\r\n", b"") and length is not None:
+                        break
+                message = json.loads(stream.read(length))
+                if message.get("id") == msg_id:
+                    return message
+
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+              "params": {"processId": None, "rootUri": tmp_path.as_uri(), "capabilities": {},
+                         "initializationOptions": settings(DEAD_BACKEND)}})
+        assert "capabilities" in receive(1)["result"]
+        send({"jsonrpc": "2.0", "id": 2, "method": "shutdown"})
+        assert receive(2)["result"] is None
+        send({"jsonrpc": "2.0", "method": "exit"})
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
