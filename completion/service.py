@@ -444,6 +444,8 @@ class CompletionService:
         """Ask now for the line after the suggestion, as if the user took it and pressed Enter."""
         snapshot = request.snapshot
         source, cursor = snapshot.source, request.cursor
+        if len(source) > postprocess.LARGE_DOCUMENT_BYTES:
+            return  # parsing the speculative text would hold up the event loop for seconds
         line_end = source.find(b"\n", cursor)
         if source[cursor : (line_end if line_end >= 0 else len(source))].strip():
             return  # text after the cursor: the suggestion does not end the line
