@@ -138,15 +138,16 @@ def build_context(
     snippets: list[Snippet] = []
     definitions: list[Definition] = []
     if sources.symbols and index is not None and snapshot.tree is not None:
-        definitions = _definitions_near(snapshot, cursor, index, file_path)
-        text_by_file = _render_definitions(definitions, snapshot.language, display)
+        # Choose by priority (names nearest the cursor first) within the share, then render the
+        # chosen ones grouped by file in a stable order (for the prefix cache).
         share = int(budget * SHARES["symbols"])
-        for path, text in text_by_file:
-            cost = counter.count(text) + 8
-            if cost > share:
-                continue
-            share -= cost
-            remaining -= cost
+        for definition in _definitions_near(snapshot, cursor, index, file_path):
+            cost = counter.count(_stub(definition, snapshot.language)) + 1
+            if cost <= share:
+                share -= cost
+                definitions.append(definition)
+        for path, text in _render_definitions(definitions, snapshot.language, display):
+            remaining -= counter.count(text) + 8
             snippets.append(Snippet(path, text, "definitions"))
         if snippets:
             used.append("symbols")
