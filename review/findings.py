@@ -40,6 +40,7 @@ OVER_LIMIT = "over-limit"  # more than review.maxFindingsPerFile (or per unit)
 STALE = "stale"  # the document changed and the quoted code could not be found again
 BACKEND_ERROR = "backend-error"  # the request for the unit failed (not cached: retried next save)
 TOO_LONG = "too-long"  # the unit's prompt does not fit the model's context (not sent)
+ESCALATED = "escalated"  # the small model's finding, replaced by the escalation model's answer
 # Fixes dropped while the finding is kept:
 FIX_NO_CHANGE = "fix-no-change"
 FIX_BREAKS_SYNTAX = "fix-breaks-syntax"
@@ -74,6 +75,7 @@ class Finding:
     quote: str
     replacement: str | None = None
     confidence: float | None = None
+    model: str | None = None  # the model that stated it (not part of its identity)
 
     @property
     def id(self) -> str:
@@ -101,6 +103,7 @@ class UnitAnswer:
     findings: list[Finding]
     drops: Counter
     raw_count: int = 0  # findings the model stated before validation
+    severe_unanchored: int = 0  # error-severity findings that failed validation (routing signal)
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -389,6 +392,7 @@ def review_answer(
         drops[reason or UNPARSEABLE] += 1
         return UnitAnswer([], drops)
     findings: list[Finding] = []
+    severe_unanchored = 0
     for item in items:
         raw = normalise(item)
         if raw is None:
@@ -399,12 +403,14 @@ def review_answer(
             continue
         finding = validate(raw, unit, language, file_source, line_offsets, drops)
         if finding is None:
+            if raw.severity == "error":
+                severe_unanchored += 1
             continue
         if any(_same(finding, other) for other in findings):
             drops[DUPLICATE] += 1
             continue
         findings.append(replace(finding, confidence=confidence))
-    return UnitAnswer(findings, drops, len(items))
+    return UnitAnswer(findings, drops, len(items), severe_unanchored)
 
 
 def _same(a: Finding, b: Finding) -> bool:

@@ -11,18 +11,22 @@ drop for the units of that request (they are not cached, so the next save retrie
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from phi_lsp.backend import Backend, BackendError, Choice, Sampling
 from phi_lsp.config import ReviewSettings
 from phi_lsp.documents import Snapshot
+from phi_lsp.endpoints import RoutedBackend
+from phi_lsp.routing import COMPLEX, AnswerSignals, Router, review_reason
 
 from . import findings as F
 from .anchor import line_offsets, place_in_unit
+from .complexity import measure
 from .findings import Finding, Placed
 from .prompts import PromptContext, constraint, file_imports, render, resolve_mode, signatures_for, stop_sequences
 from .units import Unit, extract_units
@@ -83,6 +87,7 @@ class FileReview:
     units_cached: int = 0
     units_failed: int = 0
     error: str | None = None
+    units_escalated: int = 0
 
     @property
     def snapshot(self) -> Snapshot:
@@ -103,6 +108,10 @@ class ReviewStats:
     answers: Counter = field(default_factory=Counter)  # outcome of each answer: parsed, truncated, ...
     drops: Counter = field(default_factory=Counter)
     last: dict[str, Any] = field(default_factory=dict)
+    answers_by_model: Counter = field(default_factory=Counter)
+    escalated: Counter = field(default_factory=Counter)  # units sent to the escalation model, by reason
+    escalation_failed: int = 0  # of those, units whose request failed (the small answer stood)
+    escalation_skipped: int = 0  # units a rule sent up that the budget kept with the small model
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -118,6 +127,10 @@ class ReviewStats:
             "answers": dict(self.answers),
             "dropped": dict(self.drops),
             "last": dict(self.last),
+            "answersByModel": dict(self.answers_by_model),
+            "escalated": dict(self.escalated),
+            "escalationFailed": self.escalation_failed,
+            "escalationSkipped": self.escalation_skipped,
         }
 
 
@@ -166,10 +179,40 @@ class _FileState:
     failed: int = 0
     error: str | None = None
     offsets: dict[str, list[int]] = field(default_factory=dict)
+    escalated: int = 0
 
 
 def _identity(text: str) -> str:
     return text
+
+
+@dataclass(eq=False)
+class _Item:
+    """One unit to be answered: its prompt for the small model and what re-renders it."""
+
+    state: _FileState
+    unit: Unit
+    prompt: str
+    ctx: PromptContext
+    small: F.UnitAnswer | None = None  # the small model's answer while the large one is asked
+    reason: str | None = None  # why it escalates
+    sent: bool = False
+
+
+@dataclass
+class Escalation:
+    """The review escalation model and the rules that send units to it (phi_lsp/routing.py,
+    docs/ROUTING.md). Its prompts form their own batches, sent to the endpoints serving it."""
+
+    backend: Any  # a Backend, or the endpoint pool's RoutedBackend
+    options: ReviewOptions  # the large model's (its name and prompt mode)
+    router: Router
+    min_confidence: float = 0.7
+    complex_units: bool = True
+
+    @property
+    def model(self) -> str:
+        return self.options.model
 
 
 class Reviewer:
@@ -187,14 +230,17 @@ class Reviewer:
         count_tokens: Callable[[str], int] | None = None,
         on_file: Callable[[FileReview], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        escalation: Escalation | None = None,
     ) -> list[FileReview]:
         """Review `jobs`; `on_file` gets each file's result as soon as its units are done,
-        `on_progress(done, total)` the units answered so far."""
+        `on_progress(done, total)` the units answered so far. With `escalation`, complex units
+        go to the large model at once (in their own batch, alongside the small model's), and
+        units whose small-model answer is doubtful go to it afterwards."""
         started = time.monotonic()
         requests_before = self.stats.requests
         results: dict[int, FileReview] = {}
         states: list[_FileState] = []
-        pending: list[tuple[_FileState, Unit, str]] = []
+        pending: list[_Item] = []
 
         def finish(state: _FileState) -> None:
             result = self._finish(state, options)
@@ -207,7 +253,7 @@ class Reviewer:
             states.append(state)
             imports = file_imports(job.snapshot)
             for unit in state.units:
-                cached = self.cache.get(self._key(job, options, unit))
+                cached = self.cache.get(self._key(job, options, unit, escalation))
                 if cached is not None:
                     state.found[unit.digest] = cached
                     state.cached += 1
@@ -217,7 +263,7 @@ class Reviewer:
                 if prompt is None:
                     state.drops[F.TOO_LONG] += 1
                     continue
-                pending.append((state, unit, prompt))
+                pending.append(_Item(state, unit, prompt, ctx))
                 state.waiting += 1
         self.stats.reviews += 1
         self.stats.files += len(states)
@@ -227,26 +273,115 @@ class Reviewer:
                 finish(state)
 
         total = len(pending)
-        done = 0
+        progress = [0]
         if on_progress is not None:
             on_progress(0, total)
-        sampling = options.sampling(logprobs=backend.supports_logprobs)
-        for begin in range(0, total, max(1, options.batch_size)):
-            chunk = pending[begin : begin + options.batch_size]
-            choices = await self._ask(backend, options, sampling, chunk)
-            for (state, unit, _prompt), answer in zip(chunk, choices):
-                state.waiting -= 1
-                if isinstance(answer, BackendError):
-                    state.failed += 1
-                    state.error = answer.reason
-                    state.drops[F.BACKEND_ERROR] += 1
-                else:
-                    self._take(state, unit, answer, options)
-                if state.waiting == 0:
-                    finish(state)
-            done += len(chunk)
+
+        def settled(item: _Item) -> None:
+            item.state.waiting -= 1
+            if item.state.waiting == 0:
+                finish(item.state)
+            progress[0] += 1
             if on_progress is not None:
-                on_progress(done, total)
+                on_progress(progress[0], total)
+
+        def render_large(item: _Item) -> str | None:
+            large = escalation.options
+            if large.mode == options.mode and large.max_tokens == options.max_tokens:
+                return item.prompt
+            return render(item.unit, item.ctx, large.mode, large.max_tokens, count_tokens, clean)
+
+        async def ask_small(items: list[_Item], may_escalate: bool) -> list[_Item]:
+            """The small model's answers; returns the items that should escalate."""
+            later: list[_Item] = []
+            sampling = options.sampling(logprobs=backend.supports_logprobs)
+            for begin in range(0, len(items), max(1, options.batch_size)):
+                chunk = items[begin : begin + options.batch_size]
+                answers = await self._ask(backend, options, sampling, chunk)
+                for item, answer in zip(chunk, answers):
+                    if isinstance(answer, BackendError):
+                        self._failed(item, answer)
+                        settled(item)
+                        continue
+                    judged = self._judge(item, answer, options)
+                    if may_escalate and escalation is not None:
+                        item.reason = review_reason(
+                            AnswerSignals(_confidence(answer), _answered(judged), judged.severe_unanchored),
+                            escalation.min_confidence,
+                        )
+                    if item.reason is not None:
+                        item.small = judged
+                        later.append(item)
+                    else:
+                        self._accept(item, judged, options, escalation)
+                        settled(item)
+            return later
+
+        async def ask_large(items: list[_Item]) -> list[_Item]:
+            """The large model's answers; returns the items it could not answer."""
+            failed: list[_Item] = []
+            prompts = [(item, render_large(item)) for item in items]
+            failed += [item for item, prompt in prompts if prompt is None]
+            ready = [(item, prompt) for item, prompt in prompts if prompt is not None]
+            large = escalation.options
+            sampling = large.sampling(logprobs=escalation.backend.supports_logprobs)
+            for begin in range(0, len(ready), max(1, large.batch_size)):
+                chunk = ready[begin : begin + large.batch_size]
+                for item, _ in chunk:
+                    item.state.escalated += 1
+                answers = await self._ask(
+                    escalation.backend, large, sampling, [item for item, _ in chunk], [prompt for _, prompt in chunk]
+                )
+                for (item, _), answer in zip(chunk, answers):
+                    if isinstance(answer, BackendError):
+                        escalation.router.escalation_failed("review", escalation.model)
+                        self.stats.escalation_failed += 1
+                        failed.append(item)
+                        continue
+                    judged = self._judge(item, answer, large)
+                    if item.small is not None:  # the large model's answer replaces the small one's
+                        item.state.drops.update(item.small.drops)
+                        item.state.drops[F.ESCALATED] += len(item.small.findings)
+                    self._accept(item, judged, large, escalation, key_options=options)
+                    settled(item)
+            return failed
+
+        if escalation is None:
+            await ask_small(pending, may_escalate=False)
+        else:
+            direct: list[_Item] = []
+            if escalation.complex_units:
+                for item in pending:
+                    if measure(item.state.job.snapshot, item.unit).is_complex():
+                        item.reason = COMPLEX
+                        direct.append(item)
+            if direct and not escalation.router.admit("review", escalation.model, {COMPLEX: len(direct)}):
+                self.stats.escalation_skipped += len(direct)
+                for item in direct:
+                    item.reason = None
+                direct = []
+            self.stats.escalated[COMPLEX] += len(direct)
+            first = [item for item in pending if item.reason is None]
+            later, direct_failed = await asyncio.gather(ask_small(first, True), ask_large(direct))
+            for item in direct_failed:
+                item.reason = None
+            second: list = [ask_small(direct_failed, False)]
+            if later:
+                reasons = Counter(item.reason for item in later)
+                if escalation.router.admit("review", escalation.model, reasons):
+                    self.stats.escalated.update(reasons)
+                    second.append(ask_large(later))
+                else:
+                    self.stats.escalation_skipped += len(later)
+                    for item in later:  # the small model's answers stand
+                        self._accept(item, item.small, options, escalation)
+                        settled(item)
+            outcomes = await asyncio.gather(*second)
+            for item in (outcomes[1] if len(outcomes) > 1 else []):
+                # The large model failed: the small model's answer stands (not cached: the
+                # next save asks again).
+                self._accept(item, item.small, options, escalation, cache=False)
+                settled(item)
 
         for state in states:  # defensive: a short answer list must not lose a file
             if id(state) not in results:
@@ -263,50 +398,76 @@ class Reviewer:
             "dropped": dict(sum((r.drops for r in ordered), Counter())),
             "seconds": round(time.monotonic() - started, 3),
         }
+        if escalation is not None:
+            self.stats.last["unitsEscalated"] = sum(s.escalated for s in states)
         return ordered
 
     @staticmethod
-    def _key(job: FileJob, options: ReviewOptions, unit: Unit) -> tuple:
-        return (job.snapshot.uri, options.model, options.mode, unit.digest)
+    def _key(job: FileJob, options: ReviewOptions, unit: Unit, escalation: Escalation | None = None) -> tuple:
+        key = (job.snapshot.uri, options.model, options.mode, unit.digest)
+        return key if escalation is None else key + (escalation.model,)
 
     async def _ask(
-        self, backend: Backend, options: ReviewOptions, sampling: Sampling, chunk: list
+        self, backend: Backend, options: ReviewOptions, sampling: Sampling, chunk: list[_Item],
+        prompts: list[str] | None = None,
     ) -> list[Choice | BackendError]:
         """One request for the chunk's prompts: a Choice per prompt, or the error for all."""
-        prompts = [prompt for _state, _unit, prompt in chunk]
-        for state, _unit, _prompt in chunk:
-            state.sent += 1
-        self.stats.units_sent += len(prompts)
+        prompts = prompts if prompts is not None else [item.prompt for item in chunk]
+        for item in chunk:  # units sent (to any model) count once
+            if not item.sent:
+                item.sent = True
+                item.state.sent += 1
+                self.stats.units_sent += 1
         self.stats.requests += 1 if backend.supports_batching else len(prompts)
         try:
-            answers = await backend.complete(options.model, prompts, sampling, timeout_s=options.timeout_s)
+            if isinstance(backend, RoutedBackend) and chunk:
+                # An endpoint pool: the file asking keeps its endpoint (prefix cache).
+                answers = await backend.complete(
+                    options.model, prompts, sampling, timeout_s=options.timeout_s, affinity=chunk[0].state.job.snapshot.uri
+                )
+            else:
+                answers = await backend.complete(options.model, prompts, sampling, timeout_s=options.timeout_s)
         except BackendError as exc:
             log.warning("review request for %d units failed: %s", len(prompts), exc.reason)
-            self.stats.units_failed += len(prompts)
             return [exc] * len(prompts)
+        self.stats.answers_by_model[options.model] += len(prompts)
         return [choices[0] if choices else Choice("", None) for choices in answers]
 
-    def _take(self, state: _FileState, unit: Unit, choice: Choice, options: ReviewOptions) -> None:
-        snapshot = state.job.snapshot
+    def _failed(self, item: _Item, error: BackendError) -> None:
+        state = item.state
+        state.failed += 1
+        state.error = error.reason
+        state.drops[F.BACKEND_ERROR] += 1
+        self.stats.units_failed += 1
+
+    def _judge(self, item: _Item, choice: Choice, options: ReviewOptions) -> F.UnitAnswer:
+        """Parse and validate one answer (nothing is stored yet)."""
+        unit = item.unit
+        snapshot = item.state.job.snapshot
         try:
             offsets = line_offsets(unit, snapshot.buffer)
-            try:
-                confidence = choice.confidence()
-            except Exception:
-                confidence = None
             answer = F.review_answer(
-                choice.text, choice.finish_reason, unit, snapshot.language, snapshot.source, offsets, confidence
+                choice.text, choice.finish_reason, unit, snapshot.language, snapshot.source, offsets,
+                _confidence(choice),
             )
+            answer.findings = [replace(f, model=options.model) for f in answer.findings]
         except Exception:  # a bug of ours must not lose the other units
             log.exception("validating the answer for %s failed", unit.name)
             answer = F.UnitAnswer([], Counter({INTERNAL_ERROR: 1}))
-        state.found[unit.digest] = answer.findings
-        state.drops.update(answer.drops)
         outcome = next((r for r in (F.TRUNCATED, F.UNPARSEABLE, INTERNAL_ERROR) if r in answer.drops), "parsed")
         self.stats.answers[outcome] += 1
         self.stats.findings_stated += answer.raw_count
-        if INTERNAL_ERROR not in answer.drops:
-            self.cache.put(self._key(state.job, options, unit), answer.findings)
+        return answer
+
+    def _accept(
+        self, item: _Item, answer: F.UnitAnswer, options: ReviewOptions, escalation: Escalation | None,
+        cache: bool = True, key_options: ReviewOptions | None = None,
+    ) -> None:
+        state = item.state
+        state.found[item.unit.digest] = answer.findings
+        state.drops.update(answer.drops)
+        if cache and INTERNAL_ERROR not in answer.drops:
+            self.cache.put(self._key(state.job, key_options or options, item.unit, escalation), answer.findings)
 
     def _finish(self, state: _FileState, options: ReviewOptions) -> FileReview:
         buffer = state.job.snapshot.buffer
@@ -331,4 +492,16 @@ class Reviewer:
             units_cached=state.cached,
             units_failed=state.failed,
             error=state.error,
+            units_escalated=state.escalated,
         )
+
+
+def _confidence(choice: Choice) -> float | None:
+    try:
+        return choice.confidence()
+    except Exception:
+        return None
+
+
+def _answered(answer: F.UnitAnswer) -> bool:
+    return not any(r in answer.drops for r in (F.TRUNCATED, F.UNPARSEABLE, INTERNAL_ERROR))
