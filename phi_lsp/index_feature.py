@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .documents import Document
 from .feature import Feature
-from .symbols import SymbolIndex
+from .symbols import MAX_FILE_BYTES, SymbolIndex
 from .syntax import path_of
 
 REINDEX_DELAY_S = 0.5  # after the last keystroke; the index does not need every keystroke
@@ -50,8 +50,15 @@ class IndexFeature(Feature):
     def _reindex(self, uri: str) -> None:
         self._pending.pop(uri, None)
         document = self.server.documents.get(uri)
-        if document is not None:
-            self.index.update(path_of(uri), document.tree, document.source, document.language)
+        if document is None:
+            return
+        if len(document.source) > MAX_FILE_BYTES:
+            # The same limit as for files on disk: a huge file's definitions would crowd out
+            # the rest, and parsing and walking it blocks the event loop for seconds (10 MB:
+            # ~10 s on opening).
+            self.index.remove(path_of(uri))
+            return
+        self.index.update(path_of(uri), document.tree, document.source, document.language)
 
     def stats(self) -> dict:
         return {"symbolIndex": {"files": self.index.files_indexed, "definitions": len(self.index),
