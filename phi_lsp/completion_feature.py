@@ -43,12 +43,16 @@ class CompletionFeature(Feature):
             recent=self._recent_snippets,
             clean=server.privacy.clean,
             display=self.display_path,
+            escalation=self._escalation_model,
+            router=server.service.router,
         )
         self._edits: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._latest: dict[tuple[str, str], asyncio.Task] = {}
         self._shown: OrderedDict[str, dict] = OrderedDict()
-        self.counts = {"shown": 0, "accepted": 0, "partiallyAccepted": 0, "rejected": 0, "stale": 0}
-        self.on_feedback = lambda event, info: None  # the feedback store hooks in here
+        self.counts = {"shown": 0, "shownRequests": 0, "accepted": 0, "partiallyAccepted": 0, "rejected": 0, "stale": 0}
+        # The feedback store hooks in here (phi_lsp/feedback_feature.py): "shown" once per
+        # request that showed something, then "accepted", "partiallyAccepted", "rejected".
+        self.on_feedback = lambda event, info: None
 
     def register(self) -> None:
         server = self.server
@@ -77,10 +81,24 @@ class CompletionFeature(Feature):
 
     def _model(self) -> Model | None:
         service = self.server.service
-        backend = service.backend_or_none()
-        if backend is None or service.batcher is None:
+        name = service.model_for("completion")
+        backend = service.routed("completion")
+        batcher = service.routed_batcher()
+        if backend is None or batcher is None:
             return None
-        return Model(backend, service.batcher, service.model_for("completion"), service.token_counter("completion"))
+        return Model(backend, batcher, name, service.token_counter("completion"), service.served_name(name))
+
+    def _escalation_model(self) -> Model | None:
+        """completion.escalationModel, when an endpoint serving it can take a request now."""
+        service = self.server.service
+        name = service.escalation_model("completion")
+        if name is None:
+            return None
+        backend = service.routed("completion", name)
+        batcher = service.routed_batcher()
+        if backend is None or batcher is None:
+            return None
+        return Model(backend, batcher, name, service.token_counter_for(name), service.served_name(name))
 
     def display_path(self, path: str) -> str:
         candidate = Path(path)
@@ -164,17 +182,27 @@ class CompletionFeature(Feature):
             self.counts["stale"] += 1  # never deliver a suggestion for a position that moved on
             return None
         for s in result.suggestions:
-            self._remember(s.id, uri, s.text, trigger, result.served_from)
+            self._remember(s, uri, trigger, result.served_from, snapshot.language)
+        if result.suggestions:
+            first = result.suggestions[0]
+            self.counts["shownRequests"] += 1
+            self.on_feedback("shown", {
+                "id": first.id, **self._shown[first.id], "candidates": len(result.suggestions),
+                "latencyMs": result.timings.get("totalMs"),
+            })
         return current, result.suggestions
 
     # -- feedback --------------------------------------------------------------------------
 
-    def _remember(self, suggestion_id: str, uri: str, text: str, trigger: str, served_from: str) -> None:
+    def _remember(self, suggestion, uri: str, trigger: str, served_from: str, language: str | None) -> None:
         self.counts["shown"] += 1
-        self._shown[suggestion_id] = {"uri": uri, "text": text, "trigger": trigger, "servedFrom": served_from, "at": time.time()}
+        self._shown[suggestion.id] = {
+            "uri": uri, "text": suggestion.text, "trigger": trigger, "servedFrom": served_from, "at": time.time(),
+            "model": suggestion.model, "variant": suggestion.variant, "escalation": suggestion.escalation,
+            "confidence": suggestion.confidence, "language": language,
+        }
         while len(self._shown) > MAX_SHOWN:
             self._shown.popitem(last=False)
-        self.on_feedback("shown", {"id": suggestion_id, **self._shown[suggestion_id]})
 
     def record(self, event: str, args: tuple) -> dict:
         payload = args[0] if args and isinstance(args[0], dict) else {}

@@ -103,6 +103,8 @@ class ManagedSettings:
 @dataclass(frozen=True)
 class RoutingSettings:
     max_tokens_per_minute: int | None = _opt(None, "int", min=1, max=10**9)
+    # A review unit whose small-model answer has a lower mean token probability escalates.
+    review_min_confidence: float = _opt(0.7, "float", min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Several model servers behind one interface: which endpoint takes a request.
 
 An endpoint is a Backend (with its own Health and probe loop) and its own Batcher. Each
-serves some models: `backend.url` serves whatever is asked of it; a `backend.endpoints` entry
-serves the models it lists. A listed model may carry an alias, `"NAME=SERVED"`: phi-lsp asks
+serves some models: a `backend.endpoints` entry serves the models it lists; `backend.url`
+(which lists none) serves every model that no entry lists. A listed model may carry an alias, `"NAME=SERVED"`: phi-lsp asks
 for NAME (in `completion.model`, `review.escalationModel`, ...) and the request to that endpoint
 says SERVED. That lets two servers serving the same weights under the same name stand for two
 tiers, and a team give its deployment names of its own.
@@ -112,19 +112,19 @@ class EndpointPool:
         kind: str = "vllm",
         connect_timeout_s: float = 2.0,
         request_timeout_s: float = 60.0,
-        health_for: Callable[[EndpointSpec], Health] | None = None,
+        health_for: Callable[[int, EndpointSpec], Health] | None = None,
         policy: str = AFFINITY,
         transport=None,
     ) -> "EndpointPool":
         members = []
-        for spec in specs:
+        for index, spec in enumerate(specs):
             backend = Backend(
                 spec.url,
                 kind=kind,
                 api_key=spec.api_key,
                 connect_timeout_s=connect_timeout_s,
                 request_timeout_s=request_timeout_s,
-                health=health_for(spec) if health_for is not None else None,
+                health=health_for(index, spec) if health_for is not None else None,
                 transport=transport,
             )
             members.append(Member(spec, backend, Batcher(backend)))
@@ -137,7 +137,9 @@ class EndpointPool:
         return self.members[0]
 
     def serving(self, model: str) -> list[Member]:
-        return [m for m in self.members if m.spec.serves(model)]
+        """The endpoints that list `model`; if none does, those that list nothing (backend.url)."""
+        listed = [m for m in self.members if m.spec.models and m.spec.serves(model)]
+        return listed or [m for m in self.members if not m.spec.models]
 
     def serves(self, model: str) -> bool:
         return bool(self.serving(model))

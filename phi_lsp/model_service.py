@@ -4,6 +4,14 @@ its health, and the status the editor shows ("starting", "ready", "busy", "unrea
 The completion and review features ask it for a backend and a model name; they never block on
 it. While the model is starting or down, `backend_or_none()` says so at once and the features
 answer with nothing instead of making the editor wait.
+
+Behind the backend is an endpoint pool (phi_lsp/endpoints.py): one endpoint for `backend.url`
+or the managed vLLM (then everything is as with a single Backend), or several with
+`backend.endpoints`; `routed(task)` gives the features a backend that picks a healthy endpoint
+serving the model per call. With several endpoints the service is "unreachable" only when no
+endpoint serving the completion or review model answers; one endpoint going down is said once
+and its requests go to the others. The router (phi_lsp/routing.py) counts escalations and the
+per-model token budget, fed from every endpoint's `usage` figures.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from typing import Callable
 from .backend import Backend, BackendError, Health
 from .batching import Batcher
 from .config import Settings
+from .endpoints import EndpointPool, EndpointSpec, RoutedBackend, RoutedBatcher
 from .managed_vllm import ManagedVllm, ManagedVllmError, ModelChoice
+from .routing import Router
 from .tokens import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -56,8 +66,10 @@ class ModelService:
         self._progress = progress or (lambda message, percent, done: None)
         self.settings = Settings()
         self.model_configured = False
-        self.backend: Backend | None = None
+        self.backend: Backend | None = None  # the first endpoint's (the only one, usually)
         self.batcher: Batcher | None = None
+        self.pool: EndpointPool | None = None
+        self.router = Router(tell_user=inform_user)
         self.managed: ManagedVllm | None = None
         self.managed_choice: ModelChoice | None = None
         self._start_task: asyncio.Task | None = None
@@ -72,34 +84,62 @@ class ModelService:
         """Apply settings; (re)creates the backend only when its connection settings change."""
         self.settings = settings
         self.model_configured = model_configured
+        self.router.configure(settings.routing.max_tokens_per_minute)
         b = settings.backend
         key = (b.url, b.kind, b.api_key, b.connect_timeout_ms, b.request_timeout_ms)
-        if b.url is None:
+        if b.endpoints:
+            key += (b.endpoints,)
+        if b.url is None and not b.endpoints:
             key += (settings.completion.model, settings.managed)
         if key == self._backend_key:
             return
         self._backend_key = key
         self._drop_backend()
-        if b.url:
-            self._use_backend(b.url)
+        if b.url or b.endpoints:
+            specs = [EndpointSpec.parse(b.url, (), b.api_key)] if b.url else []
+            specs += [EndpointSpec.parse(e.url, e.models, e.api_key) for e in b.endpoints]
+            self._use_endpoints(specs)
         else:
             self._start_task = asyncio.get_running_loop().create_task(self._start_managed())
 
     def _use_backend(self, url: str) -> None:
+        """The managed vLLM's endpoint: it serves the one model it was started for."""
+        served = self.managed_choice.served_name if self.managed_choice is not None else None
+        self._use_endpoints([EndpointSpec.parse(url, [served] if served else [])])
+
+    def _use_endpoints(self, specs: list[EndpointSpec]) -> None:
         b = self.settings.backend
-        health = Health(on_down=self._on_down, on_up=self._on_up)
-        self.backend = Backend(
-            url,
+        single = len(specs) == 1
+
+        def health_for(index: int, spec: EndpointSpec) -> Health:
+            if single:
+                return Health(on_down=self._on_down, on_up=self._on_up)
+            return Health(
+                on_down=lambda reason: self._endpoint_down(index, reason),
+                on_up=lambda: self._endpoint_up(index),
+            )
+
+        self.pool = EndpointPool.create(
+            specs,
             kind=b.kind,
-            api_key=b.api_key,
             connect_timeout_s=b.connect_timeout_ms / 1000,
             request_timeout_s=b.request_timeout_ms / 1000,
-            health=health,
+            health_for=health_for,
         )
-        self.backend.on_activity = self._on_activity
-        self.batcher = Batcher(self.backend)
-        self._set_status(READY, f"Using {url}")
-        self._check_task = asyncio.get_running_loop().create_task(self._check(self.backend))
+        for member in self.pool.members:
+            member.backend.on_activity = self._on_activity
+            member.backend.on_usage = (
+                lambda served, prompt, completion, spec=member.spec:
+                self.router.note_usage(spec.name_for(served), prompt, completion)
+            )
+        self.backend = self.pool.primary.backend
+        self.batcher = self.pool.primary.batcher
+        if single:
+            self._set_status(READY, f"Using {specs[0].url}")
+            self._check_task = asyncio.get_running_loop().create_task(self._check(self.backend))
+        else:
+            self._set_status(READY, f"Using {len(specs)} endpoints: " + ", ".join(s.url for s in specs))
+            self._check_task = asyncio.get_running_loop().create_task(self._check_endpoints(self.pool))
 
     async def _check(self, backend: Backend) -> None:
         """Ask the new backend what it serves: an unreachable server or a model it does not
@@ -119,19 +159,43 @@ class ModelService:
                     f"Set {task}.model to one of those."
                 )
 
+    async def _check_endpoints(self, pool: EndpointPool) -> None:
+        """Ask every endpoint what it serves; say once which one lacks a model it is listed
+        for (an endpoint that is down says so itself, once)."""
+        for member in pool.members:
+            try:
+                served = await member.backend.list_models()
+            except BackendError:
+                continue
+            except Exception:
+                log.exception("checking the endpoint %s failed", member.url)
+                continue
+            wanted = [s for _, s in member.spec.models] or [
+                m for m in (self.model_for("completion"), self.model_for("review")) if member in pool.serving(m)
+            ]
+            missing = [m for m in dict.fromkeys(wanted) if served and m not in served]
+            if missing:
+                self._warn_user(
+                    f"phi-lsp: {member.url} serves {', '.join(served)}, not {', '.join(map(repr, missing))} "
+                    "(backend.endpoints). Requests for it there will fail."
+                )
+
     def _drop_backend(self) -> None:
         for task in (self._start_task, self._check_task):
             if task is not None:
                 task.cancel()
         self._start_task = self._check_task = None
         closing = []
-        if self.batcher is not None:
-            closing.append(self.batcher.aclose())
-        if self.backend is not None:
-            closing.append(self.backend.aclose())
+        if self.pool is not None:
+            closing.append(self.pool.aclose())
+        else:
+            if self.batcher is not None:
+                closing.append(self.batcher.aclose())
+            if self.backend is not None:
+                closing.append(self.backend.aclose())
         if self.managed is not None:
             closing.append(self.managed.stop())
-        self.backend = self.batcher = self.managed = None
+        self.backend = self.batcher = self.managed = self.pool = None
         if closing:
             task = asyncio.get_running_loop().create_task(_gather_quietly(closing))
             self._closing.append(task)
@@ -185,6 +249,36 @@ class ModelService:
             return None
         return backend
 
+    def routed(self, task: str, model: str | None = None) -> RoutedBackend | None:
+        """A backend for `task`'s model (or `model`) that sends each call to a healthy endpoint
+        serving it; None while none can take a request (starting, down)."""
+        pool = self.pool
+        model = model or self.model_for(task)
+        if pool is None or not pool.available(model):
+            return None
+        return pool.backend()
+
+    def routed_batcher(self) -> RoutedBatcher | None:
+        return self.pool.batcher() if self.pool is not None else None
+
+    def escalation_model(self, task: str) -> str | None:
+        """`<task>.escalationModel` when some endpoint serves it (never with the managed vLLM,
+        which serves one model)."""
+        name = getattr(self.settings, task).escalation_model
+        if not name or self.pool is None or not self.pool.serves(name):
+            return None
+        if name == self.model_for(task):
+            return None  # the same model on the same endpoints: nothing to escalate to
+        return name
+
+    def served_name(self, model: str) -> str:
+        return self.pool.served_name(model) if self.pool is not None else model
+
+    def token_counter_for(self, model: str) -> TokenCounter:
+        if model == self.model_for("completion"):
+            return self.token_counter("completion")
+        return TokenCounter.for_model(self.served_name(model))
+
     # -- status ----------------------------------------------------------------------------
 
     def _set_status(self, state: str, message: str = "") -> None:
@@ -204,7 +298,32 @@ class ModelService:
         self._set_status(READY, "The model backend answers again")
         log.info("backend recovered")
 
+    def _endpoint_down(self, index: int, reason: str) -> None:
+        pool = self.pool
+        if pool is None or index >= len(pool.members):
+            return
+        url = pool.members[index].url
+        log.warning("endpoint %s is down: %s", url, reason)
+        if not any(pool.available(self.model_for(task)) for task in ("completion", "review")):
+            if self.status.state != UNREACHABLE:
+                self._on_down(reason)
+            return
+        self._inform_user(
+            f"phi-lsp: the endpoint {url} is unavailable ({reason}); requests go to the other "
+            "endpoints until it answers again."
+        )
+
+    def _endpoint_up(self, index: int) -> None:
+        pool = self.pool
+        if pool is None or index >= len(pool.members):
+            return
+        log.info("endpoint %s answers again", pool.members[index].url)
+        if self.status.state == UNREACHABLE:
+            self._on_up()
+
     def _on_activity(self, in_flight: int) -> None:
+        if self.pool is not None and len(self.pool.members) > 1:
+            in_flight = self.pool.in_flight
         if self.status.state in (READY, BUSY):
             state = BUSY if in_flight else READY
             if state != self.status.state:

@@ -9,7 +9,10 @@
   current version only: findings made for an older version are re-anchored on their quoted code
   or dropped. Closing a file clears them.
 - `textDocument/codeAction`: a quickfix per finding with a replacement, checked against the
-  current text.
+  current text. Its command `phi.fixApplied` records that the fix was applied; a fix whose
+  finding leaves the file's diagnostics without that is recorded as dismissed (feedback store).
+- With `review.escalationModel` served by an endpoint, complex and doubtful units go to it
+  (review/pipeline.py Escalation, phi_lsp/routing.py).
 
 The model is never waited for: while it starts or is down, reviews are skipped with one message.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,8 @@ from review import diagnostics as review_diagnostics
 from review.anchor import relocate
 from review.cli import load_job
 from review.findings import STALE, Placed
-from review.pipeline import FileJob, FileReview, Reviewer, ReviewOptions
+from review.pipeline import Escalation, FileJob, FileReview, Reviewer, ReviewOptions
+from review.prompts import resolve_mode
 from review.units import extract_units
 
 from .documents import Document, TextBuffer
@@ -63,6 +67,9 @@ class ReviewFeature(Feature):
         self._published: dict[str, _Published] = {}
         self._workspace: asyncio.Task | None = None
         self.counters: Counter = Counter()
+        # Quick fixes on show, per file: finding id -> model (for applied/dismissed feedback).
+        self._fixes: dict[str, dict[str, str | None]] = {}
+        self.on_feedback = lambda event, info: None  # fixShown, fixApplied, fixDismissed
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -92,6 +99,10 @@ class ReviewFeature(Feature):
         async def review_workspace(ls, *args):
             return await feature.review_workspace()
 
+        @server.command("phi.fixApplied")
+        def fix_applied(ls, *args):
+            return feature.fix_applied(args)
+
     # -- hooks -----------------------------------------------------------------------------
 
     def document_saved(self, document: Document) -> None:
@@ -106,6 +117,7 @@ class ReviewFeature(Feature):
         if task is not None:
             task.cancel()
         self._published.pop(uri, None)
+        self._note_fixes(uri, [])
         self._send(uri, [], None)
 
     def settings_changed(self, settings) -> None:
@@ -178,7 +190,7 @@ class ReviewFeature(Feature):
         return None
 
     def _backend(self):
-        backend = self.server.service.backend_or_none()
+        backend = self.server.service.routed("review")
         if backend is None:
             self.counters["skippedNotReady"] += 1
             self.server.show_message_once(NOT_READY, types.MessageType.Info)
@@ -196,6 +208,7 @@ class ReviewFeature(Feature):
         results = await self.reviewer.review(
             [job], backend, self._options(backend), lookup=self._lookup,
             clean=self.server.privacy.clean, count_tokens=self._count_tokens(),
+            escalation=self._escalation(),
         )
         if results[0].units_sent > results[0].units_failed:
             self.server.forget_message(NOT_READY)  # the next outage is worth one message again
@@ -261,6 +274,7 @@ class ReviewFeature(Feature):
             count_tokens=self._count_tokens(),
             on_file=lambda r: self._publish(r, on_disk=r.snapshot.uri in on_disk),
             on_progress=on_progress,
+            escalation=self._escalation(),
         )
         total = Counter()
         for result in results:
@@ -271,6 +285,7 @@ class ReviewFeature(Feature):
             "units": sum(len(r.units) for r in results),
             "unitsSent": sum(r.units_sent for r in results),
             "unitsCached": sum(r.units_cached for r in results),
+            "unitsEscalated": sum(r.units_escalated for r in results),
             "findings": sum(len(r.findings) for r in results),
             "dropped": dict(total),
         }
@@ -298,6 +313,7 @@ class ReviewFeature(Feature):
             buffer, version = current.buffer, document.version
         self._published[uri] = _Published(version, placed)
         self.counters["published"] += 1
+        self._note_fixes(uri, placed)
         self._send(uri, [review_diagnostics.to_diagnostic(p, buffer) for p in placed], version)
 
     def _reanchor(self, findings, snapshot, count: bool = True) -> list[Placed]:
@@ -353,6 +369,11 @@ class ReviewFeature(Feature):
                 placed, buffer, uri, document.version, self._document_changes()
             )
             if action is not None:
+                # Run by the editor after the edit: records that the fix was applied.
+                action.command = types.Command(
+                    title="phi-lsp: fix applied", command="phi.fixApplied",
+                    arguments=[{"uri": uri, "findingId": placed.id}],
+                )
                 actions.append(action)
         return actions or None
 
@@ -361,11 +382,58 @@ class ReviewFeature(Feature):
         edit = workspace.workspace_edit if workspace else None
         return bool(edit and edit.document_changes)
 
+    # -- quick-fix feedback ----------------------------------------------------------------
+
+    def _note_fixes(self, uri: str, placed: list[Placed]) -> None:
+        """Fixes newly on show are recorded as shown; fixes gone without being applied as
+        dismissed."""
+        before = self._fixes.get(uri, {})
+        now = {p.id: p.finding.model for p in placed if p.finding.replacement is not None}
+        for finding_id, model in before.items():
+            if finding_id not in now:
+                self.counters["fixesDismissed"] += 1
+                self.on_feedback("fixDismissed", {"findingId": finding_id, "model": model})
+        for finding_id, model in now.items():
+            if finding_id not in before:
+                self.counters["fixesShown"] += 1
+                self.on_feedback("fixShown", {"findingId": finding_id, "model": model})
+        if now:
+            self._fixes[uri] = now
+        else:
+            self._fixes.pop(uri, None)
+
+    def fix_applied(self, args) -> dict:
+        payload = next((a for a in args if isinstance(a, dict)), {})
+        finding_id = str(payload.get("findingId", ""))
+        uri = payload.get("uri")
+        files = [self._fixes.get(uri, {})] if isinstance(uri, str) else list(self._fixes.values())
+        for fixes in files:
+            if finding_id in fixes:
+                model = fixes.pop(finding_id)
+                self.counters["fixesApplied"] += 1
+                self.on_feedback("fixApplied", {"findingId": finding_id, "model": model})
+                return {"recorded": "applied", "known": True}
+        return {"recorded": "applied", "known": False}
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _options(self, backend) -> ReviewOptions:
         settings = self.server.settings
         return ReviewOptions.from_settings(settings.review, self.server.service.model_for("review"), backend)
+
+    def _escalation(self) -> Escalation | None:
+        """review.escalationModel, when an endpoint serving it can take requests now."""
+        service = self.server.service
+        name = service.escalation_model("review")
+        if name is None:
+            return None
+        backend = service.routed("review", name)
+        if backend is None:
+            service.router.unavailable("review", name)
+            return None
+        options = ReviewOptions.from_settings(self.server.settings.review, name, backend)
+        options = replace(options, mode=resolve_mode("auto", service.served_name(name)))
+        return Escalation(backend, options, service.router, self.server.settings.routing.review_min_confidence)
 
     def _lookup(self, name: str) -> list:
         index = getattr(self.server.index, "index", None)
@@ -417,6 +485,7 @@ def _summary(result: FileReview) -> dict:
         "unitsSent": result.units_sent,
         "unitsCached": result.units_cached,
         "unitsFailed": result.units_failed,
+        **({"unitsEscalated": result.units_escalated} if result.units_escalated else {}),
         "findings": len(result.findings),
         "dropped": dict(result.drops),
         **({"error": result.error} if result.error else {}),

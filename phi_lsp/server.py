@@ -281,8 +281,12 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> PhiServer:
     from .index_feature import IndexFeature
     from .review_feature import ReviewFeature
 
+    from .feedback_feature import FeedbackFeature
+
     server.index = IndexFeature(server)
-    server.features = [server.index, CompletionFeature(server), ReviewFeature(server)]
+    completion, review = CompletionFeature(server), ReviewFeature(server)
+    # Feedback last: it hooks into the others and reports routing and endpoint figures.
+    server.features = [server.index, completion, review, FeedbackFeature(server, completion, review)]
     for feature in server.features:
         register = getattr(feature, "register", None)
         if register is not None:

@@ -27,6 +27,16 @@ MODEL_NAME = "phi-code-tiny"
 REQUIRE_VLLM = os.environ.get("PHI_LSP_REQUIRE_VLLM") == "1"
 # A port nothing listens on: a backend that is down.
 DEAD_BACKEND = "http://127.0.0.1:9/v1"
+
+# Servers started by the tests record feedback (telemetry.enabled) in a state directory of the
+# test session, never in the user's own.
+if "PHI_LSP_KEEP_STATE_HOME" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="phi-lsp-test-state-")
+    atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], True)
 SERVER_COMMAND = [sys.executable, "-m", "phi_lsp"]
 
 
