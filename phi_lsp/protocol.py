@@ -57,13 +57,10 @@ class PhiProtocol(LanguageServerProtocol):
         is_request = hasattr(message, "id") and method is not None
         if method == types.EXIT:
             return super().handle_message(message)
-        if self._shutdown:
+        refused = self._lifecycle_error(method)
+        if refused is not None:
             if is_request:
-                self.send_error(message.id, INVALID_REQUEST, f"{method}: the server is shut down")
-            return
-        if not self.initialized and method not in (types.INITIALIZE, None):
-            if is_request:
-                self.send_error(message.id, SERVER_NOT_INITIALIZED, f"{method}: initialize first")
+                self.send_error(message.id, *refused)
             return
         if method == types.INITIALIZE:
             if self.initialized:
@@ -73,6 +70,16 @@ class PhiProtocol(LanguageServerProtocol):
         if is_request:
             self._normalize_position(getattr(message, "params", None))
         super().handle_message(message)
+
+    def _lifecycle_error(self, method: str | None) -> tuple[int, str] | None:
+        """The error for a request that the lifecycle forbids now (before its params matter)."""
+        if method == types.EXIT:
+            return None
+        if self._shutdown:
+            return INVALID_REQUEST, f"{method}: the server is shut down"
+        if not self.initialized and method not in (types.INITIALIZE, None):
+            return SERVER_NOT_INITIALIZED, f"{method}: initialize first"
+        return None
 
     def _normalize_position(self, params: Any) -> None:
         """A position past the end of its line or document, or inside a character (the middle
@@ -145,7 +152,11 @@ class PhiProtocol(LanguageServerProtocol):
         except Exception as exc:
             if "id" in data and "method" in data:
                 code = INVALID_PARAMS if isinstance(exc, JsonRpcInvalidParams) else INVALID_REQUEST
-                self._send_raw_error(data["id"], code, f"Invalid params for {data['method']}")
+                message_text = f"Invalid params for {data['method']}"
+                refused = self._lifecycle_error(data["method"])
+                if refused is not None:  # the lifecycle answers first, whatever the params
+                    code, message_text = refused
+                self._send_raw_error(data["id"], code, message_text)
             else:
                 log.warning("undecodable %s notification ignored", data.get("method"))
             return
