@@ -360,7 +360,8 @@ class Reviewer:
                 for item in direct:
                     item.reason = None
                 direct = []
-            self.stats.escalated[COMPLEX] += len(direct)
+            if direct:
+                self.stats.escalated[COMPLEX] += len(direct)
             first = [item for item in pending if item.reason is None]
             later, direct_failed = await asyncio.gather(ask_small(first, True), ask_large(direct))
             for item in direct_failed:

@@ -1,0 +1,274 @@
+"""Routing against the real vLLM: an endpoint pool with a dead endpoint, escalation of invoked
+completions and of review units to a "large" model, escalations in phi.stats, feedback in
+SQLite.
+
+One vLLM serves one name (phi-code-tiny), so the large model is the same server listed a second
+time under an alias: `{"url": <vllm>, "models": ["phi-large=phi-code-tiny"]}`. What is tested is
+the routing (which requests go where, what is counted), not which model is better.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+from phi_lsp.backend import Sampling
+from phi_lsp.config import ReviewSettings
+from phi_lsp.documents import Document
+from phi_lsp.endpoints import EndpointPool, EndpointSpec
+from phi_lsp.routing import COMPLEX, SKIPPED_BUDGET, Router
+from review import findings as F
+from review.pipeline import Escalation, FileJob, Reviewer, ReviewOptions
+from tests.conftest import DEAD_BACKEND, MODEL_NAME, SERVER_COMMAND, initialize, make_client
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.vllm]
+
+LARGE = "phi-large"
+STATE_HOME = tempfile.mkdtemp(prefix="phi-lsp-routing-state-")
+CONFIG = ClientServerConfig(
+    server_command=SERVER_COMMAND, client_factory=make_client,
+    server_env={**os.environ, "XDG_STATE_HOME": STATE_HOME},
+)
+
+
+def functions(n: int, tag: str) -> str:
+    return "\n\n".join(
+        f"def handle_{i}_{tag}(state, event):\n    if event is None:\n        return state\n"
+        f"    state[event.name] = event.value * {i}\n    return state\n"
+        for i in range(n)
+    )
+
+
+COMPLEX_FUNCTION = "def tangle(rows, limit):\n" + "".join(
+    f"{'    ' * (2 * d + 1)}for r{d} in rows:\n{'    ' * (2 * d + 2)}if r{d} and limit or not r{d}:\n" for d in range(3)
+) + "    " * 7 + "limit -= 1\n    return limit\n"
+
+
+# -- the pool ------------------------------------------------------------------------------------
+
+
+async def test_a_dead_endpoint_loses_no_request(vllm_url):
+    pool = EndpointPool.create([EndpointSpec.parse(DEAD_BACKEND, [MODEL_NAME]), EndpointSpec.parse(vllm_url, [MODEL_NAME])])
+    dead, live = pool.members
+    batcher = pool.batcher()
+    sampling = Sampling(max_tokens=4)
+    try:
+        answers = await asyncio.gather(*(
+            batcher.complete(MODEL_NAME, f"# file: f{i}.py\nimport numpy as", sampling, 30, affinity=f"file:///f{i}.py")
+            for i in range(12)
+        ))
+        assert len(answers) == 12 and all(a and isinstance(a[0].text, str) for a in answers)
+        assert dead.backend.health.down and dead.requests >= 1 and pool.retries >= 1
+        assert live.requests == 12  # every request ended on the live one, none lost
+        # Later requests do not try the dead endpoint at all.
+        before = dead.requests
+        await pool.backend().complete(MODEL_NAME, ["def add(a, b):\n    return"], sampling, 30, affinity="file:///f0.py")
+        assert dead.requests == before
+    finally:
+        await pool.aclose()
+
+
+# -- review escalation in the pipeline -----------------------------------------------------------
+
+
+def job(text: str, name: str) -> FileJob:
+    return FileJob(Document(f"file:///w/{name}", text, 1, "python").snapshot(), name)
+
+
+async def pool_and_escalation(vllm_url, large_url=None, min_confidence=0.0, router=None):
+    pool = EndpointPool.create([
+        EndpointSpec.parse(vllm_url, [MODEL_NAME]),
+        EndpointSpec.parse(large_url or vllm_url, [f"{LARGE}={MODEL_NAME}"]),
+    ])
+    backend = pool.backend()
+    small = ReviewOptions.from_settings(ReviewSettings(), MODEL_NAME, backend)
+    large = ReviewOptions.from_settings(ReviewSettings(), LARGE, backend)
+    router = router or Router()
+    return pool, backend, small, Escalation(backend, large, router, min_confidence)
+
+
+async def test_complex_units_go_straight_to_the_large_model_in_their_own_batch(vllm_url):
+    pool, backend, small, escalation = await pool_and_escalation(vllm_url)
+    try:
+        reviewer = Reviewer()
+        text = functions(3, "c") + "\n\n" + COMPLEX_FUNCTION
+        [result] = await reviewer.review([job(text, "c.py")], backend, small, escalation=escalation)
+        small_ep, large_ep = pool.members
+        escalated = reviewer.stats.escalated
+        # The complex unit never went to the small model: one batch of 3 there, the complex
+        # unit in a batch of its own; small answers that are not answers (cut, unparseable,
+        # an error finding that does not anchor) escalate in a second large batch.
+        later = sum(escalated.values()) - escalated[COMPLEX]
+        assert escalated[COMPLEX] == 1 and result.units_escalated == 1 + later
+        assert small_ep.backend.stats.prompts == 3 and small_ep.requests == 1
+        assert large_ep.backend.stats.prompts == 1 + later and large_ep.requests == 1 + (later > 0)
+        assert escalation.router.escalations[("review", LARGE, COMPLEX)] == 1
+        assert reviewer.stats.answers_by_model == {MODEL_NAME: 3, LARGE: 1 + later}
+        assert result.units_sent == 4 and result.units_failed == 0
+        assert all(f.finding.model in (MODEL_NAME, LARGE) for f in result.findings)
+    finally:
+        await pool.aclose()
+
+
+async def test_doubtful_units_escalate_after_the_small_answer_and_count_every_finding(vllm_url):
+    pool, backend, small, escalation = await pool_and_escalation(vllm_url, min_confidence=1.0)
+    try:
+        reviewer = Reviewer()
+        [result] = await reviewer.review([job(functions(4, "d"), "d.py")], backend, small, escalation=escalation)
+        assert result.units_sent == 4 and result.units_escalated == 4
+        assert sum(reviewer.stats.escalated.values()) == 4 and COMPLEX not in reviewer.stats.escalated
+        assert pool.members[1].backend.stats.prompts == 4
+        stats = reviewer.stats
+        answer_level = {F.TRUNCATED, F.UNPARSEABLE, F.BACKEND_ERROR, F.TOO_LONG, F.FIX_NO_CHANGE, F.FIX_BREAKS_SYNTAX}
+        finding_drops = sum(n for reason, n in stats.drops.items() if reason not in answer_level)
+        assert stats.findings_stated == stats.findings_valid + finding_drops  # escalated ones included
+        # Cached with the routed outcome: nothing is sent again.
+        [again] = await reviewer.review([job(functions(4, "d"), "d.py")], backend, small, escalation=escalation)
+        assert again.units_cached == 4 and again.units_sent == 0
+    finally:
+        await pool.aclose()
+
+
+async def test_over_budget_or_unreachable_the_small_answer_stands(vllm_url):
+    router = Router()
+    router.configure(10)
+    router.note_usage(LARGE, 50, 50)
+    pool, backend, small, escalation = await pool_and_escalation(vllm_url, min_confidence=1.0, router=router)
+    try:
+        reviewer = Reviewer()
+        [result] = await reviewer.review([job(functions(2, "b"), "b.py")], backend, small, escalation=escalation)
+        assert result.units_escalated == 0 and reviewer.stats.escalation_skipped == 2
+        assert router.skipped[("review", LARGE, SKIPPED_BUDGET)] == 2
+        assert pool.members[1].backend.stats.prompts == 0
+    finally:
+        await pool.aclose()
+
+    pool, backend, small, escalation = await pool_and_escalation(vllm_url, large_url=DEAD_BACKEND, min_confidence=1.0)
+    try:
+        reviewer = Reviewer()
+        text = functions(2, "u")
+        [result] = await reviewer.review([job(text, "u.py")], backend, small, escalation=escalation)
+        assert result.units_failed == 0 and reviewer.stats.escalation_failed == 2
+        assert escalation.router.failed[("review", LARGE)] == 2
+        # Not cached: the next save asks again.
+        [again] = await reviewer.review([job(text, "u.py")], backend, small, escalation=escalation)
+        assert again.units_cached == 0
+    finally:
+        await pool.aclose()
+
+
+# -- through the server --------------------------------------------------------------------------
+
+
+def routed_settings(vllm_url: str, **completion) -> dict:
+    return {
+        "backend": {"endpoints": [
+            {"url": vllm_url, "models": [MODEL_NAME]},
+            {"url": vllm_url, "models": [f"{LARGE}={MODEL_NAME}"]},
+        ]},
+        "completion": {"model": MODEL_NAME, "escalationModel": LARGE, "promptMode": "raw", "debounceMs": 0,
+                       "minConfidence": 0.999, **completion},
+        "review": {"model": MODEL_NAME, "escalationModel": LARGE, "onSave": False},
+        "routing": {"reviewMinConfidence": 1.0},
+    }
+
+
+@pytest_lsp.fixture(config=CONFIG)
+async def routed_client(lsp_client: LanguageClient, tmp_path, vllm_url):
+    await initialize(lsp_client, tmp_path, routed_settings(vllm_url))
+    lsp_client.workspace = tmp_path
+    yield
+    await lsp_client.shutdown_session()
+
+
+def open_doc(client: LanguageClient, name: str, text: str) -> tuple[str, types.Position]:
+    path = client.workspace / name
+    path.write_text(text)
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        text_document=types.TextDocumentItem(uri=path.as_uri(), language_id="python", version=1, text=text)))
+    lines = text.split("\n")
+    return path.as_uri(), types.Position(len(lines) - 1, len(lines[-1]))
+
+
+async def inline(client, uri, position, invoked=True):
+    kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+    return await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=position,
+        context=types.InlineCompletionContext(trigger_kind=kind)))
+
+
+async def command(client, name, *arguments):
+    return await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=name, arguments=list(arguments) or None))
+
+
+def feedback_rows(query: str) -> list[tuple]:
+    db = sqlite3.connect(Path(STATE_HOME) / "phi-lsp" / "feedback.sqlite3")
+    try:
+        return db.execute(query).fetchall()
+    finally:
+        db.close()
+
+
+async def test_invoked_completion_escalates_counted_in_stats_and_feedback_lands_in_sqlite(routed_client: LanguageClient):
+    client = routed_client
+    uri, position = open_doc(client, "a.py", "def scale(values, factor):\n    result =")
+    await inline(client, uri, position, invoked=True)
+    stats = await command(client, "phi.stats")
+    assert stats["routing"]["escalations"]["completion"][LARGE]["low-confidence"] == 1
+    assert stats["completion"]["escalated"] == 1
+    members = stats["endpoints"]["members"]
+    assert members[1]["models"] == [f"{LARGE}={MODEL_NAME}"] and members[1]["requests"] >= 1
+
+    # Automatic completions never wait for the large model.
+    uri2, position2 = open_doc(client, "b.py", "def total(items):\n    count =")
+    await inline(client, uri2, position2, invoked=False)
+    stats = await command(client, "phi.stats")
+    assert stats["routing"]["escalations"]["completion"][LARGE]["low-confidence"] == 1
+
+    # With the gate open, suggestions are shown; accept one, reject another.
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"completion": {"minConfidence": 0.0}}))
+    await asyncio.sleep(0.2)
+    uri3, position3 = open_doc(client, "c.py", "import os\nimport numpy as")
+    first = await inline(client, uri3, position3)
+    assert first.items
+    accepted = await command(client, "phi.acceptCompletion", {"id": first.items[0].command.arguments[0]["id"], "acceptedChars": 2})
+    assert accepted["recorded"] == "partiallyAccepted"
+    uri4, position4 = open_doc(client, "d.py", "def add(a, b):\n    return")
+    second = await inline(client, uri4, position4)
+    assert second.items
+    rejected = await command(client, "phi.rejectCompletion", {"id": second.items[0].command.arguments[0]["id"]})
+    assert rejected["recorded"] == "rejected"
+
+    events = feedback_rows("SELECT kind, event, model, variant, accepted_chars, text FROM events ORDER BY id")
+    assert ("routing", "escalated", LARGE, "default", None, None) in events
+    completion_events = [e for e in events if e[0] == "completion"]
+    assert [e[1] for e in completion_events if e[1] != "shown"] == ["partiallyAccepted", "rejected"]
+    assert sum(1 for e in completion_events if e[1] == "shown") >= 2
+    assert all(e[2] == MODEL_NAME and e[3] == "default" for e in completion_events)
+    assert all(e[5] is None for e in events)  # telemetry.keepText is off: no code stored
+    assert [e[4] for e in completion_events if e[1] != "shown"] == [2, 0]  # accepted characters
+    summary = (await command(client, "phi.stats"))["feedback"]
+    assert summary["completion"]["byModel"][MODEL_NAME]["rejected"] == 1
+    assert summary["escalations"]["completion"][LARGE]["low-confidence"] == 1
+
+
+async def test_review_units_escalate_through_the_server(routed_client: LanguageClient):
+    client = routed_client
+    uri, _ = open_doc(client, "r.py", functions(3, "r"))
+    summary = await asyncio.wait_for(command(client, "phi.review", uri), 240)
+    assert summary["reviewed"] and summary["unitsSent"] == 3
+    assert summary["unitsEscalated"] == 3  # routing.reviewMinConfidence = 1.0: every answer is doubtful
+    stats = await command(client, "phi.stats")
+    assert sum(stats["review"]["escalated"].values()) == 3
+    assert sum(stats["routing"]["escalations"]["review"][LARGE].values()) == 3
+    assert stats["review"]["answersByModel"] == {MODEL_NAME: 3, LARGE: 3}
