@@ -81,6 +81,10 @@ def setup_logging(verbose: int, log_file: str | None) -> None:
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from .privacy import LogRedactor, remember_secret
+
+    remember_secret(os.environ.get("PHI_LSP_API_KEY"))
+    handler.addFilter(LogRedactor())  # API keys and secret-looking strings never reach a log
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

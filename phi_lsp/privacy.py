@@ -10,6 +10,7 @@ as `password = "..."` with a placeholder, keeping the code around it intact.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -203,3 +204,44 @@ class PrivacyFilter:
     def clean(self, text: str) -> str:
         """The text as it may be sent: secrets redacted (unless turned off)."""
         return redact(text).text if self.redact_secrets else text
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+_known_secrets: set[str] = set()
+
+
+def remember_secret(value: str | None) -> None:
+    """A secret value in use (an API key): never written to a log, whatever its shape."""
+    if value and len(value) >= 4:
+        _known_secrets.add(value)
+
+
+def mask(text: str) -> str:
+    """`text` with known secret values and secret-looking strings replaced."""
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return redact(text).text
+
+
+class LogRedactor(logging.Filter):
+    """A handler filter that keeps secrets out of log output. Libraries log what they see (at
+    -vv pygls logs the InitializeParams with their initializationOptions, and every message
+    body), so every record is masked, its traceback included, just before it is written."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: let the handler report it as usual
+            return True
+        cleaned = mask(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask(record.exc_text)
+        return True

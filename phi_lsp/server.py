@@ -24,7 +24,7 @@ from . import __version__, config, positions
 from .documents import DocumentStore
 from .feature import Feature
 from .model_service import UNREACHABLE, ModelService, Status
-from .privacy import PrivacyFilter
+from .privacy import PrivacyFilter, remember_secret
 from .progress import ProgressReporter
 from .protocol import PhiProtocol, read_messages
 from .syntax import path_of
@@ -200,6 +200,8 @@ class PhiServer(LanguageServer):
         origins = self.settings_manager.origins()
         model_configured = any(k in origins for k in ("completion.model", "review.model"))
         self.privacy.configure(settings.privacy, self.workspace_roots)
+        for key in [settings.backend.api_key, *(e.api_key for e in settings.backend.endpoints)]:
+            remember_secret(key)
         self.service.configure(settings, model_configured)
         for feature in self.features:
             _isolated(feature.settings_changed, settings)
