@@ -80,15 +80,30 @@ _SECRET_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("url credentials", re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]{3,}(?=@)")),
 ]
 
-# password = "...", api_key: '...', "secret": "...", token=... : keep the name, hide the value.
+_SECRET_NAME = r"""(?<![\w.-])[\w.-]*(?:passw(?:or)?d|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token
+        |access[_-]?token|private[_-]?key|client[_-]?secret|token)[\w-]*"""
+# password = "...", api_key: '...', "secret": "...", API_KEY: str = "...": keep the name, hide
+# the value.
 _ASSIGNMENT = re.compile(
-    r"""(?ix)
-    (?P<name>[\w.-]*(?:passw(?:or)?d|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token
-        |access[_-]?token|private[_-]?key|client[_-]?secret|token)[\w-]*["']?)
-    (?P<sep>\s*(?::=|=>|[:=])\s*)
-    (?P<quote>["'`])(?P<value>[^"'`\n]{4,})(?P=quote)
+    rf"""(?ix)
+    (?P<name>{_SECRET_NAME}["']?)
+    (?P<sep>\s*(?::\s*[a-z_][\w.\[\], |]*?\s*)?(?::=|=>|[:=])\s*)
+    (?P<quote>["'`])(?P<value>[^"'`\n]{{4,}})(?P=quote)
     """
 )
+# Unquoted, as in shell, .ini, YAML or .properties files: `export AWS_SECRET_ACCESS_KEY=wJal...`,
+# `password: hunter2-secret`. Only a value that runs to the end of its line (a comment aside)
+# counts, and plain words and numbers stay: that keeps code such as `token = next_token` or
+# `password = get_password()` or `max_tokens = 64` as it is.
+_UNQUOTED_ASSIGNMENT = re.compile(
+    rf"""(?imx)
+    (?P<name>{_SECRET_NAME})
+    (?P<sep>[ \t]*[:=][ \t]*)
+    (?P<value>[^\s"'`,;(){{}}\[\]<>=][^\s"'`,;(){{}}\[\]<>]{{5,}})
+    (?=[ \t]*(?:\#.*)?$)
+    """
+)
+_PLAIN_WORD = re.compile(r"[A-Za-z_][A-Za-z_.]*|[0-9.]+")
 # Values that are clearly not secrets (placeholders, lookups) stay, so code still reads right.
 _NOT_A_SECRET = re.compile(r"^(?:\$\{?\w+\}?|<[^>]*>|\*+|x+|changeme|example|dummy|test|none|null|\{\{.*\}\})$", re.I)
 
@@ -125,6 +140,16 @@ def redact(text: str) -> Redaction:
         return f"{match.group('name')}{match.group('sep')}{quote}{REDACTED}{quote}"
 
     result.text = _ASSIGNMENT.sub(replace_value, result.text)
+
+    def replace_unquoted(match: re.Match[str]) -> str:
+        value = match.group("value")
+        if REDACTED in value or _PLAIN_WORD.fullmatch(value) or _NOT_A_SECRET.match(value):
+            return match.group(0)
+        result.count += 1
+        result.kinds.append("assignment")
+        return f"{match.group('name')}{match.group('sep')}{REDACTED}"
+
+    result.text = _UNQUOTED_ASSIGNMENT.sub(replace_unquoted, result.text)
     return result
 
 
@@ -152,6 +177,14 @@ def _pattern_regex(pattern: str) -> tuple[re.Pattern[str], bool, bool]:
         elif pattern[i] == "?":
             out.append("[^/]")
             i += 1
+        elif pattern[i] == "[" and (close := pattern.find("]", i + 2)) != -1:
+            # A bracket expression, [abc], [a-z] or [!abc]; never matching "/".
+            body = pattern[i + 1 : close]
+            negate = body[:1] in ("!", "^")
+            body = body[1:] if negate else body
+            chars = "".join(c if c.isalnum() or c == "-" else "\\" + c for c in body)
+            out.append(f"(?!/)[{'^' if negate else ''}{chars}]")
+            i = close + 1
         else:
             out.append(re.escape(pattern[i]))
             i += 1
