@@ -22,6 +22,7 @@ class RawServer:
             cwd=cwd,
         )
         self.messages: queue.Queue = queue.Queue()
+        self.notifications: list[dict] = []  # what response() passed over (and server requests)
         self.stderr: list[bytes] = []
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
@@ -58,11 +59,13 @@ class RawServer:
         self.send({"jsonrpc": "2.0", "method": method, "params": params})
 
     def response(self, msg_id, timeout: float = 15.0) -> dict:
-        """The response to `msg_id` (notifications that arrive first are kept aside)."""
+        """The response to `msg_id` (notifications that arrive first go to `notifications`)."""
         while True:
             message = self.messages.get(timeout=timeout)
             if "id" in message and "method" not in message and message["id"] == msg_id:
                 return message
+            if "method" in message:
+                self.notifications.append(message)
 
     def initialize(self, root: Path, options: dict | None = None, capabilities: dict | None = None) -> dict:
         msg_id = self.request(
