@@ -395,12 +395,31 @@ def collect_stats(ls: PhiServer) -> dict:
             "byPath": dict(backend.stats.by_path),
         },
         "batching": None if batcher is None else vars(batcher.stats).copy(),
+        # Cheap health figures for soak runs: live asyncio tasks, resident memory.
+        "process": {"pid": os.getpid(), "asyncioTasks": _task_count(), "rssBytes": _rss_bytes(),
+                    "backgroundTasks": len(ls._tasks)},
     }
     for feature in ls.features:
         stats = _isolated(feature.stats)
         if stats:
             result.update(stats)
     return result
+
+
+def _task_count() -> int | None:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (stats collected from outside the server)
+        return None
+
+
+def _rss_bytes() -> int | None:
+    """Resident memory of this process now (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _supports_configuration_pull(ls: PhiServer) -> bool:
