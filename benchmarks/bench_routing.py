@@ -35,7 +35,6 @@ import re
 import signal
 import sys
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 

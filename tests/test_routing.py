@@ -110,7 +110,6 @@ def pool():
 
 
 def test_documents_keep_their_endpoint_and_new_ones_go_to_the_least_loaded(pool):
-    a, b, c = pool.members
     first = pool.pick("m", "doc1")
     first.outstanding = 3
     assert pool.pick("m", "doc1") is first  # affinity: 3 <= max(2*0, 0 + 4)
