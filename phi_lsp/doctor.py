@@ -33,7 +33,9 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
     say()
 
     b = settings.backend
-    if b.url:
+    if b.endpoints:
+        await _check_endpoints(settings, say, problems)
+    elif b.url:
         say(f"Backend: {b.url} (kind {b.kind}{', API key set' if b.api_key else ''})")
         backend = Backend(b.url, b.kind, b.api_key, connect_timeout_s=b.connect_timeout_ms / 1000)
         try:
@@ -85,3 +87,39 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
     say("Everything looks right.")
     return 0
 
+
+
+async def _check_endpoints(settings, say, problems: list[str]) -> None:
+    """backend.endpoints (and backend.url beside them): each server and what it serves."""
+    from .endpoints import EndpointPool, EndpointSpec
+
+    b = settings.backend
+    specs = [EndpointSpec.parse(b.url, (), b.api_key)] if b.url else []
+    specs += [EndpointSpec.parse(e.url, e.models, e.api_key) for e in b.endpoints]
+    pool = EndpointPool.create(specs, kind=b.kind, connect_timeout_s=b.connect_timeout_ms / 1000)
+    say(f"Backend: {len(specs)} endpoints (kind {b.kind})")
+    try:
+        for member in pool.members:
+            listed = [n if n == s else f"{n}={s}" for n, s in member.spec.models] or ["(every model no entry lists)"]
+            try:
+                served = await member.backend.list_models(timeout_s=5)
+            except BackendError as exc:
+                problems.append(f"The endpoint {member.url} does not answer: {exc.reason}.")
+                say(f"  {member.url}: not answering; listed for {', '.join(listed)}")
+                continue
+            say(f"  {member.url}: reachable; serves {', '.join(served) or '(nothing)'}; listed for {', '.join(listed)}")
+            for name, served_name in member.spec.models:
+                if served and served_name not in served:
+                    problems.append(f"{member.url} does not serve {served_name!r} (listed in backend.endpoints).")
+        for task in ("completion", "review"):
+            section = getattr(settings, task)
+            for key, model in (("model", section.model), ("escalationModel", section.escalation_model)):
+                if model is None:
+                    continue
+                urls = [m.url for m in pool.serving(model)]
+                if urls:
+                    say(f"  {task}.{key} {model!r}: {', '.join(urls)}")
+                else:
+                    problems.append(f"{task}.{key} is {model!r}, which no endpoint lists.")
+    finally:
+        await pool.aclose()

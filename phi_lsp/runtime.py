@@ -1,6 +1,6 @@
-"""A backend for command-line runs (review, complete, demo, doctor): the configured URL, a
-running `phi-lsp serve-model` for the same model, or a managed vLLM started for this run and
-stopped at its end."""
+"""A backend for command-line runs (review, complete, demo, doctor): the configured URL (or the
+configured endpoints, as a pool), a running `phi-lsp serve-model` for the same model, or a
+managed vLLM started for this run and stopped at its end."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import httpx
 
@@ -34,6 +34,7 @@ class CliBackend:
     review_model: str
     model_source: str  # path or hub id (for the tokenizer)
     note: str = ""
+    pool: Any = None  # the EndpointPool when backend.endpoints is set (backend then routes)
 
 
 def model_configured(manager: SettingsManager) -> bool:
@@ -80,6 +81,19 @@ async def cli_backend(manager: SettingsManager) -> AsyncIterator[CliBackend]:
     settings = manager.settings
     b = settings.backend
     timeouts = dict(connect_timeout_s=b.connect_timeout_ms / 1000, request_timeout_s=b.request_timeout_ms / 1000)
+    if b.endpoints:
+        from .endpoints import EndpointPool, EndpointSpec
+
+        specs = [EndpointSpec.parse(b.url, (), b.api_key)] if b.url else []
+        specs += [EndpointSpec.parse(e.url, e.models, e.api_key) for e in b.endpoints]
+        pool = EndpointPool.create(specs, kind=b.kind, **timeouts)
+        completion_model = settings.completion.model
+        try:
+            yield CliBackend(pool.backend(), completion_model, settings.review.model,
+                             pool.served_name(completion_model), pool=pool)
+        finally:
+            await pool.aclose()
+        return
     if b.url:
         backend = Backend(b.url, b.kind, b.api_key, **timeouts)
         try:

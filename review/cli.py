@@ -22,7 +22,8 @@ from phi_lsp.privacy import PrivacyFilter
 from phi_lsp.symbols import MAX_FILE_BYTES, SymbolIndex, iter_source_files
 
 from . import formats
-from .pipeline import FileJob, Reviewer, ReviewOptions
+from .pipeline import Escalation, FileJob, Reviewer, ReviewOptions
+from .prompts import resolve_mode
 
 MAX_CLI_FILES = 5_000
 
@@ -128,6 +129,7 @@ async def run_review(
                 results = await reviewer.review(
                     jobs, cb.backend, options, lookup=index.lookup, clean=privacy.clean,
                     count_tokens=counter.count, on_progress=bar.update,
+                    escalation=cli_escalation(settings, cb),
                 )
             finally:
                 bar.close()
@@ -143,6 +145,27 @@ async def run_review(
     if formats.fails(results, fail_on):
         return 1
     return 2 if errors or incomplete else 0
+
+
+def cli_escalation(settings, cb) -> Escalation | None:
+    """review.escalationModel when backend.endpoints lists it (docs/ROUTING.md)."""
+    from phi_lsp.routing import Router
+
+    name = settings.review.escalation_model
+    pool = cb.pool
+    if not name or pool is None or name == cb.review_model or not pool.serves(name):
+        return None
+    router = Router(tell_user=lambda text: print(text, file=sys.stderr))
+    router.configure(settings.routing.max_tokens_per_minute)
+    for member in pool.members:
+        member.backend.on_usage = (
+            lambda served, prompt, completion, spec=member.spec: router.note_usage(spec.name_for(served), prompt, completion)
+        )
+    options = ReviewOptions.from_settings(settings.review, name, cb.backend)
+    from dataclasses import replace
+
+    options = replace(options, mode=resolve_mode("auto", pool.served_name(name)))
+    return Escalation(cb.backend, options, router, settings.routing.review_min_confidence)
 
 
 def _emit(fmt: str, results, model: str, requests: int | None, seconds: float) -> None:

@@ -341,7 +341,8 @@ class Reviewer:
                     judged = self._judge(item, answer, large)
                     if item.small is not None:  # the large model's answer replaces the small one's
                         item.state.drops.update(item.small.drops)
-                        item.state.drops[F.ESCALATED] += len(item.small.findings)
+                        if item.small.findings:
+                            item.state.drops[F.ESCALATED] += len(item.small.findings)
                     self._accept(item, judged, large, escalation, key_options=options)
                     settled(item)
             return failed

@@ -272,3 +272,26 @@ async def test_review_units_escalate_through_the_server(routed_client: LanguageC
     assert sum(stats["review"]["escalated"].values()) == 3
     assert sum(stats["routing"]["escalations"]["review"][LARGE].values()) == 3
     assert stats["review"]["answersByModel"] == {MODEL_NAME: 3, LARGE: 3}
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+async def test_doctor_checks_every_endpoint_and_what_it_is_listed_for(vllm_url):
+    import io
+
+    from phi_lsp.config import SettingsManager
+    from phi_lsp.doctor import run_doctor
+
+    manager = SettingsManager()
+    manager.set_source("pyproject.toml", {
+        "completion": {"model": MODEL_NAME}, "review": {"model": MODEL_NAME, "escalationModel": LARGE},
+        "backend": {"endpoints": [{"url": vllm_url, "models": [MODEL_NAME, f"{LARGE}={MODEL_NAME}"]},
+                                  {"url": DEAD_BACKEND, "models": [MODEL_NAME]}]},
+    })
+    out = io.StringIO()
+    assert await run_doctor(manager, out) == 1
+    text = out.getvalue()
+    assert f"{vllm_url}: reachable; serves {MODEL_NAME}; listed for {MODEL_NAME}, {LARGE}={MODEL_NAME}" in text
+    assert f"The endpoint {DEAD_BACKEND} does not answer" in text
+    assert f"review.escalationModel '{LARGE}': {vllm_url}" in text
