@@ -397,7 +397,7 @@ def collect_stats(ls: PhiServer) -> dict:
         "batching": None if batcher is None else vars(batcher.stats).copy(),
         # Cheap health figures for soak runs: live asyncio tasks, resident memory.
         "process": {"pid": os.getpid(), "asyncioTasks": _task_count(), "rssBytes": _rss_bytes(),
-                    "backgroundTasks": len(ls._tasks)},
+                    "backgroundTasks": len(ls._tasks), "pendingMessages": len(ls.protocol._request_futures)},
     }
     for feature in ls.features:
         stats = _isolated(feature.stats)
