@@ -45,34 +45,10 @@ sys.path.insert(0, str(ROOT))
 from lsprotocol import types  # noqa: E402
 from pygls.lsp.client import LanguageClient  # noqa: E402
 
-MODEL = "phi-code-tiny"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import MODEL, model_dir, vllm  # noqa: E402  (the shared vLLM starter)
+
 ANSWER_LEVEL = {"truncated", "unparseable", "backend-error", "too-long", "fix-no-change", "fix-breaks-syntax", "internal-error"}
-
-
-# -- the backend ------------------------------------------------------------------------------
-
-
-def model_dir() -> Path:
-    shared = ROOT.parent / "shared" / "models" / MODEL
-    return shared if (shared / "config.json").is_file() else ROOT / "phi_lsp" / "models" / MODEL
-
-
-@contextlib.asynccontextmanager
-async def vllm(url: str | None) -> AsyncIterator[str]:
-    if url:
-        yield url.rstrip("/")
-        return
-    from phi_lsp.managed_vllm import ManagedVllm, ModelChoice
-
-    server = ManagedVllm(ModelChoice(str(model_dir()), MODEL), max_model_len=2048, start_timeout_s=900)
-    started = time.monotonic()
-    print(f"(starting vLLM for {MODEL} ...)", file=sys.stderr, flush=True)
-    base = await server.start()
-    print(f"(vLLM ready in {time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
-    try:
-        yield base
-    finally:
-        await server.stop()
 
 
 # -- an editor ----------------------------------------------------------------------------------
