@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import httpx
 
 from .backend import Backend
 from .config import SettingsManager
@@ -59,6 +58,8 @@ def find_serve_model(choice: ModelChoice) -> str | None:
         return None
     if record.get("model") != choice.served_name:
         return None
+    import httpx  # only the command line gets here; the server's start-up does not pay for it
+
     try:
         health = record["url"].rsplit("/v1", 1)[0] + "/health"
         if httpx.get(health, timeout=1.0).status_code == 200:
