@@ -112,8 +112,24 @@ class PhiProtocol(LanguageServerProtocol):
         # _request_futures under a made-up id and never removes it, one per didChange (a
         # leak that grew the server by ~30 MB per 5,000 keystrokes). Drop it once done.
         future = self._request_futures.get(msg_id)
-        if future is not None:
-            future.add_done_callback(lambda _done: self._request_futures.pop(msg_id, None))
+        if future is None:
+            return
+        future.add_done_callback(lambda _done: self._request_futures.pop(msg_id, None))
+        # A step of a generator handler (pygls runs workspace/executeCommand so): when its
+        # request is cancelled, pygls answers RequestCancelled but lets the step, an async
+        # command such as phi.reviewWorkspace, run on and keep the model busy. Cancel it too.
+        if getattr(callback, "func", None) == self._run_generator:
+            request = callback.keywords.get("result_future")
+            if request is not None:
+                request.add_done_callback(lambda done: future.cancel() if done.cancelled() else None)
+
+    def _handle_cancel_notification(self, msg_id: Any) -> None:
+        # Cancelling a request that was answered a moment ago is an ordinary race, to be
+        # ignored (LSP); pygls warns on stderr for each one (thousands in a typing session).
+        if msg_id not in self._request_futures:
+            log.debug("$/cancelRequest for %r, which is not pending: ignored", msg_id)
+            return
+        super()._handle_cancel_notification(msg_id)
 
     # -- document sync (our store, not pygls' workspace text) ------------------------------
 
