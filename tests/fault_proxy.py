@@ -64,6 +64,7 @@ class FaultProxy:
         self.port = 0
         self.mode = "pass"
         self.requests: list[Recorded] = []
+        self.hangups = 0  # hanging requests whose client closed the connection
         self._lock = threading.Lock()
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
@@ -175,6 +176,7 @@ class FaultProxy:
             return False
         if mode == "hang":
             await reader.read()  # until the client gives up and closes
+            self.hangups += 1
             return False
         # The rest talk to the real server.
         try:

@@ -24,8 +24,9 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from tests.conftest import SERVER_COMMAND, initialize, make_client, settings
+from tests.conftest import SERVER_COMMAND, initialize, settings
 from tests.fault_proxy import FAULTS, FaultProxy
+from tests.waiting import make_watching_client, state_since, wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -37,39 +38,7 @@ OUTAGE_TEXT = "backend is unavailable"
 _names = itertools.count()
 
 
-def make_watching_client() -> LanguageClient:
-    """The shared test client, plus an event set on every notification (for bounded waits)."""
-    client = make_client()
-    client.notified = asyncio.Event()
-    original = client.protocol._handle_notification
-
-    def handle(method, params):
-        original(method, params)
-        client.notified.set()
-
-    client.protocol._handle_notification = handle
-    return client
-
-
 CONFIG = ClientServerConfig(server_command=SERVER_COMMAND, client_factory=make_watching_client)
-
-
-async def wait_until(client: LanguageClient, predicate, timeout: float, what: str):
-    """Wait for notifications until `predicate()` holds (no sleeps: every notification wakes us)."""
-
-    async def watch():
-        while not predicate():
-            client.notified.clear()
-            await client.notified.wait()
-
-    try:
-        await asyncio.wait_for(watch(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
-
-
-def state_since(client: LanguageClient, mark: int, state: str):
-    return lambda: any(s.state == state for s in client.statuses[mark:])
 
 
 def outage_messages(client: LanguageClient) -> list[str]:
@@ -214,3 +183,32 @@ async def test_backend_fault(fault_client: LanguageClient, proxy: FaultProxy, mo
     stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="phi.stats"))
     assert stats["status"]["state"] in ("ready", "busy")
     assert alive(client)
+
+
+async def test_cancelling_a_workspace_review_stops_its_requests(fault_client: LanguageClient, proxy: FaultProxy):
+    """$/cancelRequest of phi.reviewWorkspace answers RequestCancelled and stops the work: its
+    request in flight is closed (vLLM frees the sequences) and no other one is sent."""
+    client = fault_client
+    for i in range(4):
+        (client.workspace / f"mod{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x * {j}\n\n" for j in range(6)))
+    proxy.set_mode("hang")
+    proxy.clear()
+    future = client.protocol.send_request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams(
+        command="phi.reviewWorkspace", arguments=[]), msg_id="review-all")
+    started = time.monotonic()
+    while not proxy.recorded("/completions"):
+        assert time.monotonic() - started < 10, "the workspace review sent nothing"
+        await asyncio.sleep(0.05)  # the proxy is not an LSP peer: nothing to wait on but its record
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="review-all"))
+    with pytest.raises(Exception) as info:
+        await asyncio.wait_for(asyncio.wrap_future(future), 5)
+    assert "cancel" in str(info.value).lower()
+    while proxy.hangups < 1:
+        assert time.monotonic() - started < 10, "the cancelled review kept its request open"
+        await asyncio.sleep(0.05)
+    sent = len(proxy.recorded("/completions"))
+    proxy.heal()
+    assert await completion_works(client)
+    assert len([r for r in proxy.recorded("/completions") if r.mode == "hang"]) == sent == 1
+    stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="phi.stats"))
+    assert stats["process"]["pendingMessages"] <= 1, stats["process"]
