@@ -170,9 +170,14 @@ class CompletionFeature(Feature):
         previous = self._latest.get(slot)
         if previous is not None and not previous.done():
             previous.cancel()
+        # A cancelled task keeps its frames (in its CancelledError's traceback): holding the
+        # superseded task here chained every superseded request, snapshot and tree included,
+        # to the newest one (2,000 tasks, ~100 MB after 5,000 keystrokes).
+        previous = None
         me = asyncio.current_task()
         if me is not None:
             self._latest[slot] = me
+        me = None
         snapshot = document.snapshot()
         path = path_of(uri)
         request = Request(uri, snapshot, document.offset_at(position), trigger, path, self.display_path(path))
