@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -24,6 +25,7 @@ def state_dir() -> Path:
 
 
 SERVE_MODEL_FILE = "serve-model.json"
+PROGRESS_EVERY_S = 15.0
 
 
 @dataclass
@@ -69,12 +71,20 @@ def find_serve_model(choice: ModelChoice) -> str | None:
     return None
 
 
+_last_progress_line = 0.0
+
+
 def _progress(message: str, percent: int | None) -> None:
+    """One updating line on a terminal; elsewhere a line every PROGRESS_EVERY_S seconds."""
+    global _last_progress_line
     if sys.stderr.isatty():
         sys.stderr.write(f"\r\033[K{message}")
         sys.stderr.flush()
-    elif percent in (0, 100):
-        print(message, file=sys.stderr)
+        return
+    now = time.monotonic()
+    if percent == 100 or now - _last_progress_line >= PROGRESS_EVERY_S:
+        _last_progress_line = now
+        print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.asynccontextmanager
