@@ -257,14 +257,19 @@ class ManagedVllm:
 
     async def stop(self) -> None:
         process = self.process
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=15)
-        except asyncio.TimeoutError:
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
+        if process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=15)
+            except asyncio.TimeoutError:
+                _signal_group(process.pid, signal.SIGKILL)
+                await process.wait()
+        # vLLM's engine process can outlive the server process that leads the group: one
+        # spawned during start-up just after the SIGTERM never got it, and ignores another.
+        # Whatever is left of the group goes too.
+        await _end_group(process.pid)
         _started.discard(process.pid)
         if self._reader is not None:
             self._reader.cancel()
@@ -275,6 +280,26 @@ def _tail(line: str) -> str:
     if "] " in line:
         line = line.split("] ", 1)[1]
     return line[:100]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def _end_group(pgid: int, grace_s: float = 2.0) -> None:
+    """SIGTERM what is left of a process group, SIGKILL it after `grace_s`."""
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pgid):
+        now = time.monotonic()
+        if now > deadline + 5:
+            log.warning("processes of vLLM's group %s survive SIGKILL", pgid)
+            return
+        _signal_group(pgid, signal.SIGTERM if now < deadline else signal.SIGKILL)
+        await asyncio.sleep(0.1)
 
 
 def _signal_group(pid: int, sig: int) -> None:

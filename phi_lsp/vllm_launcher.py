@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import runpy
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -23,12 +24,32 @@ def _watch_parent(parent: int) -> None:
     if os.getpgrp() != os.getpid():
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    # SIGTERM ends this process too (at once while vLLM starts, before it handles signals),
+    # so the SIGKILL for whatever is left a few seconds later (vLLM's engine process, which
+    # ignores SIGTERM once orphaned) comes from a small process of its own session.
+    subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(os.getpgrp())],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         os.killpg(os.getpgrp(), signal.SIGTERM)
-        time.sleep(8)
-        os.killpg(os.getpgrp(), signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+_REAPER = """
+import os, signal, sys, time
+group, deadline = int(sys.argv[1]), time.monotonic() + 8
+while True:
+    try:
+        os.killpg(group, signal.SIGKILL if time.monotonic() > deadline else 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.2)
+"""
 
 
 def main() -> None:

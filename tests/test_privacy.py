@@ -430,6 +430,7 @@ ALLOWED = {
     ("phi_lsp/managed_vllm.py", "subprocess"): "checks and starts vLLM with fixed arguments",
     ("phi_lsp/managed_vllm.py", "create_subprocess_exec"): "starts vLLM with fixed arguments",
     ("phi_lsp/vllm_launcher.py", "runpy"): "runs vLLM's server module in the child",
+    ("phi_lsp/vllm_launcher.py", "subprocess"): "a fixed reaper that ends the orphaned group",
     ("phi_lsp/vllm_launcher.py", "run_module"): "runs vLLM's server module in the child",
 }
 RISKY_MODULES = {"subprocess", "pty", "runpy", "pexpect", "multiprocessing", "code", "codeop"}
