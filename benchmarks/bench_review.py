@@ -46,7 +46,7 @@ from lsprotocol import types  # noqa: E402
 from pygls.lsp.client import LanguageClient  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import MODEL, model_dir, vllm  # noqa: E402  (the shared vLLM starter)
+from common import MODEL, close, model_dir, vllm  # noqa: E402  (the shared vLLM starter)
 
 ANSWER_LEVEL = {"truncated", "unparseable", "backend-error", "too-long", "fix-no-change", "fix-breaks-syntax", "internal-error"}
 
@@ -114,12 +114,7 @@ async def editor(url: str, root: Path, folders: list[Path] = ()) -> AsyncIterato
     try:
         yield session
     finally:
-        try:
-            await asyncio.wait_for(client.shutdown_async(None), 10)
-            client.exit(None)
-        except Exception:
-            pass
-        await client.stop()
+        await close(client)
 
 
 # -- files ------------------------------------------------------------------------------------

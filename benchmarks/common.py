@@ -72,6 +72,11 @@ class Editor:
             text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
         return uri
 
+    def close(self, uri: str) -> None:
+        """didClose: the server forgets the document and the suggestions it cached for it."""
+        self.client.text_document_did_close(types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=uri)))
+
     def end(self, uri: str) -> types.Position:
         lines = self.texts[uri].split("\n")
         return types.Position(len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2)
@@ -117,12 +122,17 @@ async def editor(url: str, root: Path, **completion) -> AsyncIterator[Editor]:
     try:
         yield session
     finally:
-        try:
-            await asyncio.wait_for(client.shutdown_async(None), 10)
-            client.exit(None)
-        except Exception:
-            pass
-        await client.stop()
+        await close(client)
+
+
+async def close(client: LanguageClient) -> None:
+    """shutdown + exit, as an editor does; a server that does not answer is stopped anyway."""
+    try:
+        await asyncio.wait_for(client.shutdown_async(None), 10)
+        client.exit(None)
+    except Exception:
+        pass
+    await client.stop()
 
 
 def python_sources(limit_bytes: int = 4_000_000) -> list[Path]:

@@ -388,6 +388,7 @@ def collect_stats(ls: PhiServer) -> dict:
             "url": backend.url,
             "kind": backend.kind,
             "httpRequests": backend.stats.http_requests,
+            "inFlight": backend.stats.in_flight,
             "prompts": backend.stats.prompts,
             "failures": backend.stats.failures,
             "promptTokens": backend.stats.prompt_tokens,
