@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-from common import add_backend_flag, editor, python_sources, quiet_client_logs, vllm  # noqa: E402
+from common import MODEL, add_backend_flag, editor, python_sources, quiet_client_logs, vllm  # noqa: E402
 from lsprotocol import types  # noqa: E402
 
 
@@ -216,6 +216,26 @@ async def bench_batching(url: str, root: Path, documents: int, context_tokens: i
     return sequential / concurrent
 
 
+async def bench_vllm_ceiling(url: str, documents: int, context_chars: int) -> None:
+    """The same comparison without phi-lsp: 16 prompts one by one vs one list-of-prompts
+    request, straight to vLLM. What batching can gain on this machine at all."""
+    run = time.time_ns()
+    texts = [t[-context_chars:] for _, t in cut_points(documents + 2)[2:]]
+    bodies = [{"model": MODEL, "prompt": f"# file: ceiling_{run}_{i}.py\n{t}", "max_tokens": 64,
+               "temperature": 0, "stop": ["\n"]} for i, t in enumerate(texts)]
+    async with httpx.AsyncClient(timeout=120) as http:
+        t0 = time.perf_counter()
+        for body in bodies:
+            (await http.post(url + "/completions", json=body)).raise_for_status()
+        sequential = time.perf_counter() - t0
+        together = {**bodies[0], "prompt": [b["prompt"].replace("ceiling_", "ceiling_list_") for b in bodies]}
+        t0 = time.perf_counter()
+        (await http.post(url + "/completions", json=together)).raise_for_status()
+        concurrent = time.perf_counter() - t0
+    print(f"  vLLM alone, {context_chars:>4}-char prompts: one by one {sequential:.2f} s, one list {concurrent:.2f} s: "
+          f"{sequential / concurrent:.1f}x (the ceiling on this machine)")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backend_flag(parser)
@@ -238,8 +258,10 @@ async def main() -> None:
                 # is bounded by the share of the time that decoding takes. Measured with the
                 # default context and with a short one (decode-dominated, as on a GPU).
                 await bench_batching(url, root / "batching", 16)
+                await bench_vllm_ceiling(url, 16, context_chars=4000)
                 print()
                 await bench_batching(url, root / "batching-short", 16, context_tokens=128)
+                await bench_vllm_ceiling(url, 16, context_chars=400)
 
 
 if __name__ == "__main__":
