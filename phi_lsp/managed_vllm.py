@@ -180,7 +180,7 @@ class ManagedVllm:
 
     async def start(self, progress: ProgressFn = lambda message, percent: None) -> str:
         """Start vLLM and wait until /health answers; returns the base URL (…/v1)."""
-        missing = vllm_missing(self.python)
+        missing = await asyncio.to_thread(vllm_missing, self.python)  # may run another Python
         if missing:
             raise ManagedVllmError(missing)
         self.port = self.port or free_port(self.host)

@@ -199,6 +199,7 @@ class ModelService:
         if closing:
             task = asyncio.get_running_loop().create_task(_gather_quietly(closing))
             self._closing.append(task)
+            task.add_done_callback(self._closing.remove)
 
     async def _start_managed(self) -> None:
         managed = ManagedVllm.from_settings(self.settings, self.model_configured)
@@ -208,10 +209,16 @@ class ModelService:
         self._set_status(STARTING, f"Starting vLLM for {managed.model.served_name}")
         try:
             url = await managed.start(lambda message, percent: self._progress(message, percent, False))
-        except ManagedVllmError as exc:
-            self._progress(str(exc), None, True)
-            self._set_status(ERROR, str(exc))
-            self._warn_user(f"phi-lsp could not start the local model: {exc}")
+        except asyncio.CancelledError:
+            self._progress("stopped", None, True)  # the settings changed under it: close the bar
+            raise
+        except Exception as exc:  # ManagedVllmError, or the OS refusing a port or a process
+            reason = str(exc) if isinstance(exc, ManagedVllmError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, ManagedVllmError):
+                log.exception("starting the managed vLLM failed")
+            self._progress(reason, None, True)
+            self._set_status(ERROR, reason)
+            self._warn_user(f"phi-lsp could not start the local model: {reason}")
             return
         self._progress(f"vLLM is serving {managed.model.served_name}", 100, True)
         self._use_backend(url)

@@ -101,6 +101,8 @@ class PhiServer(LanguageServer):
             reading = asyncio.ensure_future(main)
             stopped = asyncio.ensure_future(self._stopped.wait())
             await asyncio.wait([reading, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if reading.done() and not reading.cancelled() and reading.exception() is not None:
+                log.error("reading the editor's messages failed", exc_info=reading.exception())
             for task in (reading, stopped):
                 task.cancel()
             await self._cleanup()
@@ -175,6 +177,8 @@ class PhiServer(LanguageServer):
 
     def _model_progress(self, message: str, percent: int | None, done: bool) -> None:
         if self._startup_progress is None:
+            if done:
+                return  # it ended (or failed) before it began: no bar to open and never close
             self._startup_progress = ProgressReporter(self, "phi-lsp: starting the model")
             self.run_task(self._startup_progress.begin(message, percent or 0), "progress")
             return
@@ -243,6 +247,8 @@ class PhiServer(LanguageServer):
 
 
 def _process_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return _windows_process_alive(pid)  # os.kill(pid, 0) would terminate it there
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -427,3 +433,16 @@ def _supports_configuration_pull(ls: PhiServer) -> bool:
     workspace = ls.client_capabilities.workspace
     return bool(workspace and workspace.configuration)
 
+
+def _windows_process_alive(pid: int) -> bool:
+    import ctypes
+
+    synchronize, wait_timeout = 0x00100000, 0x102
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(synchronize, False, pid)
+    if not handle:
+        return False
+    try:
+        return kernel32.WaitForSingleObject(handle, 0) == wait_timeout
+    finally:
+        kernel32.CloseHandle(handle)
