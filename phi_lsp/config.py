@@ -180,9 +180,13 @@ def _check(value: Any, meta: Mapping[str, Any]) -> Any:
     if kind in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Invalid(f"must be a number between {meta['min']} and {meta['max']}")
-        if kind == "int" and not float(value).is_integer():
-            raise _Invalid("must be a whole number")
-        if not math.isfinite(value) or not meta["min"] <= value <= meta["max"]:
+        try:
+            if kind == "int" and not float(value).is_integer():
+                raise _Invalid("must be a whole number")
+            finite = math.isfinite(value)
+        except OverflowError:  # an int too large for a float (10**400)
+            finite = False
+        if not finite or not meta["min"] <= value <= meta["max"]:
             raise _Invalid(f"must be between {meta['min']} and {meta['max']}")
         return int(value) if kind == "int" else float(value)
     if kind == "str_list":
@@ -220,7 +224,7 @@ def _check_endpoints(value: Any) -> tuple[Endpoint, ...]:
 
 
 def _describe(value: Any, meta: Mapping[str, Any]) -> str:
-    if meta["kind"] == "secret":
+    if meta["kind"] in ("secret", "endpoints"):  # endpoints carry API keys
         return "(hidden)"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -183,6 +183,12 @@ def _pattern_regex(pattern: str) -> tuple[re.Pattern[str], bool, bool]:
             negate = body[:1] in ("!", "^")
             body = body[1:] if negate else body
             chars = "".join(c if c.isalnum() or c == "-" else "\\" + c for c in body)
+            try:
+                re.compile(f"[{chars}]")
+            except re.error:  # [z-a]: a range that is no range matches nothing, as in git
+                out.append("(?!)")
+                i = close + 1
+                continue
             out.append(f"(?!/)[{'^' if negate else ''}{chars}]")
             i = close + 1
         else:

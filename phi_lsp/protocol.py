@@ -216,12 +216,25 @@ async def read_messages(reader: Any, protocol: PhiProtocol) -> None:
                 length = int(match.group(1))
         if length > MAX_MESSAGE_BYTES:
             log.error("message of %d bytes is too large; skipping it", length)
+            if not await _skip(reader, length):
+                return  # EOF in the middle of it
+            continue
         body = await reader.readexactly(length) if length else b""
         if length and len(body) < length:
             return  # EOF in the middle of a message
-        if length and length <= MAX_MESSAGE_BYTES:
+        if length:
             try:
                 protocol.receive(body)
             except Exception:  # one bad message must not end the session
                 log.exception("failed to handle a message")
         await asyncio.sleep(0)  # let handlers scheduled by this message start
+
+
+async def _skip(reader: Any, length: int, chunk: int = 1 << 20) -> bool:
+    """Read past `length` bytes a chunk at a time (never holding them); False at EOF."""
+    while length > 0:
+        data = await reader.readexactly(min(chunk, length))
+        if not data:
+            return False
+        length -= len(data)
+    return True
