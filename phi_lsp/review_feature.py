@@ -242,7 +242,7 @@ class ReviewFeature(Feature):
             self.counters["workspaceCancelled"] += 1
             return {"reviewed": False, "reason": "cancelled"}
         finally:
-            progress.end("Cancelled" if task.cancelled() else "Done")
+            progress.end("Cancelled" if task.cancelled() or task.cancelling() else "Done")
 
     async def _review_workspace(self, backend, progress: ProgressReporter) -> dict:
         jobs: list[FileJob] = []
@@ -250,7 +250,7 @@ class ReviewFeature(Feature):
         for number, path in enumerate(iter_source_files(self.server.workspace_roots, self.server.privacy.is_excluded)):
             if number >= MAX_WORKSPACE_FILES:
                 break
-            uri = path.resolve().as_uri()
+            uri = path.absolute().as_uri()  # not resolve(): the editor's URI keeps its symlinks
             document = self.server.documents.get(uri)
             if document is not None:
                 if self._skip_reason(uri, document) is None:
@@ -456,8 +456,7 @@ class ReviewFeature(Feature):
 
 
 def _with_encoding(job: FileJob, encoding: str):
-    from dataclasses import replace
-
+    """The job's snapshot, its positions counted in `encoding`."""
     return replace(job.snapshot, encoding=encoding)
 
 

@@ -202,11 +202,14 @@ def normalise(item: Any) -> RawFinding | None:
         return None
     if fix is not None and not isinstance(fix, str):
         fix = None
+    if code is not None and len(code) > MAX_CODE_CHARS * 2:
+        return None  # a cut quote would anchor on part of the code, and its fix replace part
+    if fix is not None and len(fix) > MAX_FIX_CHARS * 2:
+        fix = None  # a cut fix would leave broken code behind
     message = _plain(" ".join(message.split()))
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-    return RawFinding(first, last, severity, category, message, (code or "")[: MAX_CODE_CHARS * 2],
-                      None if fix is None else _plain(fix[: MAX_FIX_CHARS * 2]))
+    return RawFinding(first, last, severity, category, message, code or "", None if fix is None else _plain(fix))
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,7 @@ def _artifact(result: FileReview) -> dict[str, str]:
     path = result.job.path
     if os.path.isabs(path) or path.startswith("../"):
         return {"uri": Path(path_of(result.snapshot.uri)).resolve().as_uri()}
-    return {"uri": path, "uriBaseId": "%SRCROOT%"}
+    return {"uri": urllib.parse.quote(path), "uriBaseId": "%SRCROOT%"}  # a URI reference: "my file.py" -> my%20file.py
 
 
 def format_sarif(results: list[FileReview], model: str = "", base: Path | None = None) -> str:
