@@ -126,7 +126,8 @@ def build_context(
 
     remaining = budget
     used: list[str] = ["prefix"]
-    # Reserve the other sources' shares first; the prefix takes the rest.
+    # The other sources take their shares first; the prefix takes the rest (less what the
+    # preamble of imports and enclosing headers needs).
     suffix = ""
     if sources.suffix:
         suffix = _suffix_window(source, cursor, int(budget * SHARES["suffix"]), counter)
@@ -166,30 +167,45 @@ def build_context(
     # With a preamble the window must start at a statement boundary, or the preamble reads
     # like a file cut in the middle of a block (which measurably confuses models).
     align = sources.scopes or sources.imports
-    prefix_bytes_start, prefix_tokens = _prefix_window(
-        source, line_start, cursor, max(remaining, 32), counter, snapshot.tree if align else None
-    )
+
+    def window(limit: int) -> tuple[int, int]:
+        return _prefix_window(source, line_start, cursor, max(limit, 32), counter, snapshot.tree if align else None)
+
+    def preamble_for(start: int, left: int) -> tuple[list[str], list[str], int]:
+        """Imports and enclosing headers above a window starting at `start`, within `left`."""
+        lines: list[str] = []
+        names: list[str] = []
+        if start == 0 or snapshot.tree is None:
+            return lines, names, left
+        spec = syntax.spec_for(snapshot.language)
+        if sources.imports:
+            imports = _imports_before(snapshot.tree.root_node, source, spec.imports, start)
+            imports, left = _fit(imports, left, int(budget * SHARES["imports"]), counter)
+            if imports:
+                lines += imports
+                names.append("imports")
+        if sources.scopes:
+            headers = _scope_headers(snapshot, cursor, start)
+            # Headers are short and say where the window is: a small floor even on tiny budgets.
+            share = max(int(budget * SHARES["scopes"]), SCOPES_MIN_TOKENS)
+            headers, left = _fit(headers, left, share, counter)
+            if headers:
+                lines += headers
+                names.append("scopes")
+        return lines, names, left
+
+    prefix_bytes_start, prefix_tokens = window(remaining)
+    if align:
+        # The preamble's shares are reserved from the prefix, but only as much as it needs.
+        unbounded = 1 << 30
+        wanted = unbounded - preamble_for(prefix_bytes_start, unbounded)[2]
+        if wanted > remaining - prefix_tokens:
+            prefix_bytes_start, prefix_tokens = window(remaining - wanted)
     window_start_line = source.count(b"\n", 0, prefix_bytes_start)
     prefix = _decode(source[prefix_bytes_start:cursor])
     remaining -= prefix_tokens
-
-    preamble: list[str] = []
-    if prefix_bytes_start > 0 and snapshot.tree is not None:
-        spec = syntax.spec_for(snapshot.language)
-        if sources.imports:
-            imports = _imports_before(snapshot.tree.root_node, source, spec.imports, prefix_bytes_start)
-            imports, remaining = _fit(imports, remaining, int(budget * SHARES["imports"]), counter)
-            if imports:
-                preamble += imports
-                used.append("imports")
-        if sources.scopes:
-            headers = _scope_headers(snapshot, cursor, prefix_bytes_start)
-            # Headers are short and say where the window is: a small floor even on tiny budgets.
-            share = max(int(budget * SHARES["scopes"]), SCOPES_MIN_TOKENS)
-            headers, remaining = _fit(headers, remaining, share, counter)
-            if headers:
-                preamble += headers
-                used.append("scopes")
+    preamble, preamble_sources, remaining = preamble_for(prefix_bytes_start, remaining)
+    used += preamble_sources
 
     context = CompletionContext(
         path=display_path,

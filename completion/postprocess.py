@@ -177,11 +177,18 @@ def drop_suffix_overlap(text: str, info: CursorInfo) -> str:
     return text
 
 
+_REPEATED = re.compile(r"(.{3,}?)\1{3,}", re.S)
+
+
 def cut_repetition(text: str, info: CursorInfo) -> str:
-    # A phrase repeated four times or more in a row: keep the first occurrence.
-    match = re.search(r"(.{3,}?)\1{3,}", text, re.S)
-    if match:
-        text = text[: match.start() + len(match.group(1))]
+    # A phrase repeated four times or more in a row: keep the first occurrence. Only a phrase
+    # with a word and a symbol in it: indentation, 0xFFFFFFFF, 1_000_000 and "# -----" repeat
+    # characters without being a loop of the model.
+    for match in _REPEATED.finditer(text):
+        unit = match.group(1)
+        if re.search(r"\w", unit) and re.search(r"[^\w\s]|\n", unit):
+            text = text[: match.start() + len(unit)]
+            break
     lines = text.split("\n")
     seen: dict[str, int] = {}
     for index, line in enumerate(lines):

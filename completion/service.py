@@ -279,7 +279,9 @@ class CompletionService:
         """The last waiter left: abort the request unless a new one takes it up soon."""
         if flight.waiters <= 1 and not flight.task.done():
             loop = asyncio.get_running_loop()
-            flight.cancel_timer = loop.call_later(CANCEL_GRACE_S, self._abort_if_unwanted, uri, flight)
+            # The next keystroke's request looks for it only after its debounce: wait that long.
+            grace = max(CANCEL_GRACE_S, self.debounce_s(uri) + 0.05)
+            flight.cancel_timer = loop.call_later(grace, self._abort_if_unwanted, uri, flight)
 
     def _abort_if_unwanted(self, uri: str, flight: _InFlight) -> None:
         if flight.waiters == 0 and not flight.task.done():

@@ -91,6 +91,7 @@ class TokenBudget:
         self._spent.setdefault(model, deque()).append((self._clock(), tokens))
         self._sums[model] += tokens
         self.totals[model] += tokens
+        self.used(model)  # forget what fell out of the window (nothing else may ask)
 
     def used(self, model: str) -> int:
         """Tokens of `model` in the last minute."""

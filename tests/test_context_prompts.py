@@ -44,6 +44,16 @@ def test_window_keeps_imports_and_scope_headers_outside_it():
     assert ctx.tokens <= 300
 
 
+def test_the_preamble_keeps_its_room_at_every_budget():
+    """The prefix window may not eat the room the imports and headers need (it did at 1024)."""
+    snap = snapshot_of(BIG)
+    for budget in (256, 512, 1024, 1536, 2048):
+        ctx = build_context(snap, len(BIG.encode()), budget, COUNTER, "pkg/app.py")
+        assert ctx.preamble == ["import os", "from pkg.util import load_config", "class Service:",
+                                "    def run(self, path):"], budget
+        assert ctx.tokens <= budget
+
+
 def test_window_start_is_stable_while_typing():
     snap1 = snapshot_of(BIG)
     more = BIG + "pa"

@@ -40,3 +40,17 @@ def test_multiline_positions():
     assert postprocess.is_multiline_position(info_for({"before": "if x:"}))
     assert not postprocess.is_multiline_position(info_for({"before": "x = f(", "after": "a)"}))
     assert not postprocess.is_multiline_position(info_for({"before": "# a comment "}))
+
+
+@pytest.mark.parametrize("text", [
+    "if a:\n            return compute(a)\n        return None",  # 12 spaces of indentation
+    "MASK = 0xFFFFFFFFFFFFFFFF",
+    "n = 1_000_000_000_000",
+    "    # ------------------------",
+])
+def test_repeated_characters_are_not_a_loop(text):
+    assert postprocess.cut_repetition(text, None) == text
+
+
+def test_a_repeated_phrase_is_cut_to_its_first_occurrence():
+    assert postprocess.cut_repetition("foo(foo(foo(foo(foo(x", None) == "foo("
