@@ -215,9 +215,9 @@ async def read_messages(reader: Any, protocol: PhiProtocol) -> None:
             if match:
                 length = int(match.group(1))
         if length > MAX_MESSAGE_BYTES:
-            log.error("message of %d bytes is too large; skipping it", length)
-            if not await _skip(reader, length):
-                return  # EOF in the middle of it
+            # Never read (or allocate) that much: treat it as a framing error and resynchronise
+            # on the next header, as after any wrong Content-Length.
+            log.error("a message announced as %d bytes is too large; skipping to the next header", length)
             continue
         body = await reader.readexactly(length) if length else b""
         if length and len(body) < length:
@@ -229,12 +229,3 @@ async def read_messages(reader: Any, protocol: PhiProtocol) -> None:
                 log.exception("failed to handle a message")
         await asyncio.sleep(0)  # let handlers scheduled by this message start
 
-
-async def _skip(reader: Any, length: int, chunk: int = 1 << 20) -> bool:
-    """Read past `length` bytes a chunk at a time (never holding them); False at EOF."""
-    while length > 0:
-        data = await reader.readexactly(min(chunk, length))
-        if not data:
-            return False
-        length -= len(data)
-    return True

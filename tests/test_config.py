@@ -43,6 +43,8 @@ def test_precedence_lowest_to_highest():
         ({"backend": {"kind": "ollama"}}, "one of 'vllm', 'openai'"),
         ({"backend": {"url": "localhost:8000"}}, "http:// or https://"),
         ({"completion": {"maxTokens": 2.5}}, "whole number"),
+        ({"completion": {"maxTokens": 10**400}}, "between 1 and"),  # too large for a float
+        ({"routing": {"reviewMinConfidence": 10**400}}, "between 0.0 and 1.0"),
         ({"completion": {"nope": 1}}, "Unknown phi-lsp setting `completion.nope`"),
         ({"bogus": {}}, "Unknown phi-lsp setting `bogus`"),
     ],
@@ -63,6 +65,9 @@ def test_api_key_never_appears_in_messages_or_repr():
     m.set_source("initializationOptions", {"backend": {"apiKey": "sk-secret-value"}})
     assert "sk-secret-value" not in repr(m.settings)
     assert "sk-secret-value" not in str(config.redacted(m.settings))
+    # A bad endpoint list is not echoed either: its entries carry keys.
+    problems = m.set_source("initializationOptions", {"backend": {"endpoints": [{"url": "nope", "apiKey": "sk-endpoint"}]}})
+    assert problems and "sk-endpoint" not in problems[0]
 
 
 def test_vscode_and_neovim_payloads():

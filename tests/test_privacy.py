@@ -460,3 +460,8 @@ def test_no_code_path_runs_processes_or_code_except_the_managed_vllm():
                     if name in RISKY_MODULES or name in RISKY_FUNCTIONS or name in RISKY_ATTRIBUTES:
                         found.add((relative, name))
     assert found <= set(ALLOWED), sorted(found - set(ALLOWED))
+
+
+def test_an_exclude_pattern_with_a_reversed_range_matches_nothing():
+    privacy = PrivacyFilter(PrivacySettings(exclude=("[z-a].py", "[a-c].py")), [Path("/ws")])
+    assert privacy.is_excluded("/ws/b.py") and not privacy.is_excluded("/ws/z.py")

@@ -134,6 +134,9 @@ def test_framing_and_json_abuse(raw, tmp_path):
     answers = responses_until(raw, 9)
     assert {error_code(a) for a in answers if a.get("id") is None} <= {PARSE_ERROR}
     assert "result" in answers[-1]
+    # An absurd Content-Length is not read (nor allocated): the reader resynchronises.
+    raw.send_bytes(b"Content-Length: 10000000000000\r\n\r\n")
+    assert "result" in raw.response(raw.request("workspace/executeCommand", {"command": "phi.status"}))
     # A message without Content-Length is skipped; the next one is read.
     raw.send_bytes(b"X-Nothing: 1\r\n\r\n")
     assert "result" in raw.response(raw.request("workspace/executeCommand", {"command": "phi.status"}))
