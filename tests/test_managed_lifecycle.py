@@ -6,6 +6,8 @@ two cores, bounded at 300 s; one such start in the whole suite).
   with $/progress (begin, reports, end) and turns "ready"; a completion is served by it; then
   phi-lsp is SIGKILLed (no chance to clean up) and every process of the vLLM child's process
   group (and every descendant it had) is gone within 20 s: vllm_launcher's parent watchdog.
+- `test_without_vllm_it_says_so_once_and_leaves_no_progress_open`: an interpreter without
+  vLLM: one message with the install hint, status error, no progress left open (fast).
 - `test_shutdown_while_the_model_starts_stops_it`: shutdown + exit while vLLM is still
   starting (its engine process up, the server not ready) exits 0 and leaves none of its
   processes, those started after the stop began included (the normal stop path; ~20 s: no wait
@@ -237,4 +239,33 @@ async def test_shutdown_while_the_model_starts_stops_it(tmp_path):
         _kill_leftovers(processes, launcher)
         if server.returncode is None:
             server.kill()
+        await client.stop()
+
+
+async def test_without_vllm_it_says_so_once_and_leaves_no_progress_open(tmp_path):
+    """No backend.url and an interpreter without vLLM: the user is told what is missing and how
+    to install it, the status says error, and no "starting the model" progress stays open."""
+    no_vllm = tmp_path / "python-without-vllm"
+    no_vllm.write_text("#!/bin/sh\nexit 1\n")  # answers "not found" to the vLLM check
+    no_vllm.chmod(0o755)
+    client = make_watching_client()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHI_LSP_")}
+    await client.start_io(sys.executable, "-m", "phi_lsp", env=env, cwd=str(tmp_path))
+    try:
+        await client.initialize_session(types.InitializeParams(
+            capabilities=capabilities("visual_studio_code"), root_uri=tmp_path.as_uri(),
+            initialization_options={"completion": {"model": MODEL_NAME}, "managed": {"python": str(no_vllm)}}))
+        await wait_until(client, state_since(client, 0, "error"), 30, "status error")
+        await wait_until(client, lambda: client.messages, 10, "a message to the user")
+        warnings = [m.message for m in client.messages if "vLLM is not installed" in m.message]
+        assert len(warnings) == 1 and "pip install" in warnings[0], [m.message for m in client.messages]
+        for reports in client.progress_reports.values():
+            assert reports and isinstance(reports[-1], types.WorkDoneProgressEnd), reports
+        # Everything that needs no model still works.
+        status = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="phi.status"))
+        assert status["state"] == "error"
+        await client.shutdown_session()
+    finally:
+        if client._server.returncode is None:
+            client._server.kill()  # a failed assertion must not leave stop() waiting on it
         await client.stop()
