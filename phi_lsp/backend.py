@@ -245,7 +245,7 @@ class Backend:
             return [r[0] for r in results]
         body = self.completion_body(model, prompts, sampling)
         data = await self._post("/completions", body, timeout_s, prompts=len(prompts))
-        return _parse_completions(data, len(prompts), sampling.n)
+        return self._parsed(_parse_completions, data, len(prompts), sampling.n)
 
     def completion_body(self, model: str, prompts: Sequence[str], sampling: Sampling) -> dict[str, Any]:
         """The JSON body of a /completions request (the benchmarks replay it verbatim)."""
@@ -283,7 +283,7 @@ class Backend:
         if sampling.stop:
             body["stop"] = list(sampling.stop)
         data = await self._post("/chat/completions", body, timeout_s, prompts=1)
-        return _parse_chat(data)
+        return self._parsed(_parse_chat, data)
 
     async def list_models(self, timeout_s: float | None = None) -> list[str]:
         data = await self._request("GET", "/models", None, timeout_s or self._connect_timeout * 2)
@@ -304,8 +304,8 @@ class Backend:
         self.health.mark_up()
         usage = data.get("usage") if isinstance(data, dict) else None
         if isinstance(usage, dict):
-            prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            completion_tokens = int(usage.get("completion_tokens") or 0)
+            prompt_tokens = _count(usage.get("prompt_tokens"))
+            completion_tokens = _count(usage.get("completion_tokens"))
             self.stats.prompt_tokens += prompt_tokens
             self.stats.completion_tokens += completion_tokens
             self.on_usage(str(body.get("model", "")), prompt_tokens, completion_tokens)
@@ -359,6 +359,15 @@ class Backend:
             return response.json()
         except (ValueError, UnicodeDecodeError) as exc:
             raise BackendBadResponse(f"{self.url} answered with malformed JSON") from exc
+
+    def _parsed(self, parse: Callable[..., Any], data: Any, *args: Any) -> Any:
+        """`parse(data, *args)`; an answer of the wrong shape counts as garbage, like bad JSON."""
+        try:
+            return parse(data, *args)
+        except BackendBadResponse as exc:
+            self.stats.failures += 1
+            self._outage(exc)
+            raise
 
     def _outage(self, exc: BackendError) -> None:
         self.health.mark_down(exc.reason)
@@ -422,6 +431,14 @@ def _retry_after(value: str | None) -> float:
         return min(max(float(value), 0.0), 30.0) if value else 1.0
     except ValueError:
         return 1.0
+
+
+def _count(value: Any) -> int:
+    """A token count from `usage`; whatever else a server puts there counts as 0."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _parse_completions(data: Any, prompts: int, n: int) -> list[list[Choice]]:

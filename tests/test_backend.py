@@ -107,3 +107,27 @@ async def test_down_backend_fails_fast_and_reports_once():
         assert backend.stats.http_requests == 1  # the rest failed without touching the network
     finally:
         await backend.aclose()
+
+
+async def test_an_answer_of_the_wrong_shape_is_garbage_and_an_outage():
+    """HTTP 200 with valid JSON that is no completion: a typed error, the backend marked down
+    (the user is told once), and a `usage` of nonsense does not raise on its own."""
+    import httpx
+
+    from phi_lsp.backend import BackendBadResponse
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": MODEL_NAME}]})
+        return httpx.Response(200, json={"choices": "nope", "usage": {"prompt_tokens": "many", "completion_tokens": None}})
+
+    downs = []
+    backend = Backend("http://backend.test/v1", transport=httpx.MockTransport(answer))
+    backend.health.on_down = downs.append
+    try:
+        with pytest.raises(BackendBadResponse):
+            await backend.complete(MODEL_NAME, ["x ="], GREEDY)
+        assert backend.health.down and len(downs) == 1
+        assert backend.stats.failures == 1 and backend.stats.prompt_tokens == 0
+    finally:
+        await backend.aclose()
