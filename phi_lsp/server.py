@@ -127,7 +127,9 @@ class PhiServer(LanguageServer):
                 log.exception("feature %s failed to shut down", type(feature).__name__)
         await self.service.aclose()
         for task in list(self._tasks):
-            task.cancel()
+            # Between shutdown and exit the editor may still die: keep watching it.
+            if task.get_name() != "watch-parent":
+                task.cancel()
 
     def run_task(self, coro, name: str = "") -> asyncio.Task:
         """Start background work, keeping a reference and logging its failure."""

@@ -58,7 +58,11 @@ def quick_fix(
     finding = placed.finding
     if finding.replacement is None:
         return None
-    edit = types.TextEdit(range=buffer.range_of(placed.start, placed.end), new_text=finding.replacement)
+    replacement = finding.replacement
+    line_end = buffer.source.find(b"\n", placed.start)
+    if line_end > 0 and buffer.source[line_end - 1 : line_end] == b"\r":  # keep the file's CRLF
+        replacement = replacement.replace("\r\n", "\n").replace("\n", "\r\n")
+    edit = types.TextEdit(range=buffer.range_of(placed.start, placed.end), new_text=replacement)
     if document_changes:
         workspace_edit = types.WorkspaceEdit(
             document_changes=[

@@ -163,3 +163,24 @@ def test_workspace_edit_without_document_changes(setup):
     assert action.edit.document_changes is None
     [edit] = action.edit.changes[URI]
     assert edit.new_text == "total / len(values) if values else 0.0"
+
+
+def test_a_multi_line_fix_keeps_the_files_crlf():
+    from review.diagnostics import quick_fix
+
+    source = "def average(values):\r\n    total = sum(values)\r\n    return total / len(values)\r\n"
+    answer = ('[{"lines": [2, 3], "severity": "warning", "category": "bug", "message": "Empty values.",'
+              ' "code": "total = sum(values)\\n    return total / len(values)",'
+              ' "fix": "if not values:\\n        return 0.0\\n    return sum(values) / len(values)"}]')
+    from phi_lsp.documents import Document
+
+    snapshot = Document(URI, source, 1, "python").snapshot()
+    [unit] = extract_units(snapshot)
+    result = review_answer(answer, "stop", unit, "python", snapshot.source, line_offsets(unit, snapshot.buffer))
+    [finding] = result.findings
+    action = quick_fix(place_in_unit(finding, unit, snapshot.buffer), snapshot.buffer, URI, 1, False)
+    [edit] = action.edit.changes[URI]
+    assert edit.new_text == "if not values:\r\n        return 0.0\r\n    return sum(values) / len(values)"
+    fixed = apply_edit(source, (edit.range.start.line, edit.range.start.character),
+                       (edit.range.end.line, edit.range.end.character), edit.new_text, "utf-16")
+    assert "\n" not in fixed.replace("\r\n", "")  # no bare LF: the endings stay uniform
