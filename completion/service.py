@@ -164,7 +164,7 @@ class CompletionService:
         self.stats = Stats()
         self._in_flight: dict[str, _InFlight] = {}
         self._keystrokes: dict[str, deque] = {}
-        self._prefetching: set[asyncio.Task] = set()
+        self._prefetching: dict[asyncio.Task, str] = {}  # task -> the document it is for
         self.last_prompt: dict | None = None
         self._groups: OrderedDict[str, tuple[str, str, str | None]] = OrderedDict()  # group -> model, variant, escalation
 
@@ -190,6 +190,9 @@ class CompletionService:
         flight = self._in_flight.pop(uri, None)
         if flight is not None:
             flight.task.cancel()
+        for task, document in list(self._prefetching.items()):
+            if document == uri:
+                task.cancel()  # it would fill the cache of a closed document again
 
     # -- the request -----------------------------------------------------------------------
 
@@ -383,9 +386,7 @@ class CompletionService:
                 suggestions, produced_by, escalation = escalated
         for suggestion in suggestions:
             suggestion.model, suggestion.variant, suggestion.escalation = produced_by, plan.variant, escalation
-        self._groups[group] = (produced_by, plan.variant, escalation)
-        while len(self._groups) > MAX_GROUPS:
-            self._groups.popitem(last=False)
+        self._remember_group(group, (produced_by, plan.variant, escalation))
         self.cache.put(request.uri, request.snapshot.source, request.cursor, [s.text for s in suggestions], group)
         return suggestions
 
@@ -480,12 +481,18 @@ class CompletionService:
                 return
             group = uuid.uuid4().hex[:12]
             suggestions = self._postprocess(choices, plan, settings.min_confidence, group)
-            self._groups[group] = (model.name, plan.variant, None)
+            self._remember_group(group, (model.name, plan.variant, None))
             self.cache.put(ahead.uri, new_source, ahead.cursor, [s.text for s in suggestions], group)
 
         task = asyncio.get_running_loop().create_task(run())
-        self._prefetching.add(task)
-        task.add_done_callback(self._prefetching.discard)
+        self._prefetching[task] = request.uri
+        task.add_done_callback(lambda t: self._prefetching.pop(t, None))
+
+    def _remember_group(self, group: str, origin: tuple[str, str, str | None]) -> None:
+        """Which model and prompt variant produced a group of suggestions (bounded)."""
+        self._groups[group] = origin
+        while len(self._groups) > MAX_GROUPS:
+            self._groups.popitem(last=False)
 
     async def aclose(self) -> None:
         for task in list(self._prefetching) + [f.task for f in self._in_flight.values()]:

@@ -191,9 +191,6 @@ class EndpointPool:
                 self._affinity.popitem(last=False)
         return choice
 
-    def affinity_of(self, model: str, key: str) -> Member | None:
-        return self._affinity.get((model, key))
-
     async def call(
         self, model: str, key: str | None, fn: Callable[[Member, str], Awaitable[T]], prompts: int = 1
     ) -> T:
@@ -263,9 +260,6 @@ class RoutedBackend:
     def __init__(self, pool: EndpointPool, affinity: str | None = None):
         self.pool = pool
         self.affinity = affinity
-
-    def bound(self, affinity: str | None) -> "RoutedBackend":
-        return RoutedBackend(self.pool, affinity)
 
     @property
     def _first(self) -> Backend:

@@ -193,12 +193,6 @@ def extract_units(snapshot: Snapshot, max_bytes: int = MAX_UNIT_BYTES) -> list[U
     return units
 
 
-def too_long_lines(snapshot: Snapshot, max_bytes: int = MAX_UNIT_BYTES) -> int:
-    """How many lines are too long to be reviewed at all (they are left out of every unit)."""
-    buffer = snapshot.buffer
-    return sum(1 for line in range(buffer.line_count()) if len(buffer.line_bytes(line)) > max_bytes)
-
-
 def _unwrap(node: Node) -> Node:
     if node.type in _WRAPPERS:
         inner = node.child_by_field_name("definition") or node.child_by_field_name("declaration")

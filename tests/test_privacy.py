@@ -16,11 +16,9 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import time
 from pathlib import Path
 
 import pytest
-from lsprotocol import types
 
 from phi_lsp.config import PrivacySettings
 from phi_lsp.privacy import REDACTED, LogRedactor, PrivacyFilter, mask, redact, remember_secret

@@ -9,7 +9,6 @@ InvalidParams, -32002 ServerNotInitialized, -32800 RequestCancelled.
 from __future__ import annotations
 
 import json
-import queue
 import time
 
 import pytest
