@@ -91,15 +91,23 @@ def _inside_string_or_comment(info: CursorInfo) -> bool:
 
 
 def clean(text: str, echo: str = "") -> str:
+    return clean_with_offset(text, echo)[0]
+
+
+def clean_with_offset(text: str, echo: str = "") -> tuple[str, int]:
+    """The answer without special tokens, a code fence or a restated line prefix, and where in
+    the answer what is kept starts (the confidence is measured from there)."""
     text = _SPECIAL_TOKENS.sub("", text)
+    start = 0
     fenced = re.match(r"^\s*```[\w+-]*\n(.*?)(?:\n```.*)?$", text, re.S)
     if fenced:
-        text = fenced.group(1)
+        start, text = fenced.start(1), fenced.group(1)
     text = text.replace("\r\n", "\n")
     if echo.strip() and text.lstrip().startswith(echo.strip()) and len(text.strip()) > len(echo.strip()):
         # A chat model restated the typed part of the line: keep only what is new.
-        text = text.lstrip()[len(echo.strip()) :]
-    return text
+        skipped = len(text) - len(text.lstrip()) + len(echo.strip())
+        start, text = start + skipped, text[skipped:]
+    return text, start
 
 
 def shape(text: str, info: CursorInfo, multiline: bool) -> str:
@@ -276,7 +284,7 @@ def postprocess(
     echo: str = "",
 ) -> Outcome:
     outcome = Outcome(None)
-    text = clean(choice.text, echo)
+    text, start = clean_with_offset(choice.text, echo)
     if text != choice.text:
         outcome.changed_by.append("clean")
     steps = (
@@ -300,7 +308,7 @@ def postprocess(
     if cut:
         outcome.changed_by.append("syntax")
     text = gated
-    confidence = choice.confidence(len(text))
+    confidence = choice.confidence(len(text), start)  # over what is shown, not what was restated
     outcome.confidence = confidence
     if confidence is not None and confidence < min_confidence:
         outcome.reason = "low-confidence"

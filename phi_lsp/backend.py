@@ -62,8 +62,9 @@ class Choice:
     def truncated(self) -> bool:
         return self.finish_reason == "length"
 
-    def confidence(self, chars: int | None = None) -> float | None:
-        """Geometric-mean token probability over the first `chars` characters of the text.
+    def confidence(self, chars: int | None = None, start: int = 0) -> float | None:
+        """Geometric-mean token probability over `chars` characters of the text from `start`
+        (the tokens that overlap them).
 
         None when the backend gave no logprobs (then no confidence gate applies).
         """
@@ -71,11 +72,11 @@ class Choice:
             return None
         used: list[float] = []
         seen = 0
-        limit = len(self.text) if chars is None else chars
+        limit = start + (len(self.text) - start if chars is None else chars)
         for token, logprob in zip(self.tokens, self.token_logprobs):
             if seen >= limit and used:
                 break
-            if logprob is not None and math.isfinite(logprob):
+            if seen + len(token) > start and logprob is not None and math.isfinite(logprob):
                 used.append(logprob)
             seen += len(token)
         if not used:

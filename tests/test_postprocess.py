@@ -54,3 +54,15 @@ def test_repeated_characters_are_not_a_loop(text):
 
 def test_a_repeated_phrase_is_cut_to_its_first_occurrence():
     assert postprocess.cut_repetition("foo(foo(foo(foo(foo(x", None) == "foo("
+
+
+def test_confidence_is_measured_over_the_shown_text_not_a_restated_prefix():
+    """A chat model restates the typed line (sure of it) and adds an unsure end: the gate sees
+    the unsure end."""
+    choice = Choice("    result = compute(x)", tokens=["    result", " =", " compute", "(x)"],
+                    token_logprobs=[0.0, 0.0, 0.0, -3.0])
+    info = info_for({"before": "def f(x):\n    result = compute("})
+    outcome = postprocess.postprocess(choice, info, multiline=False, min_confidence=0.15,
+                                      echo="    result = compute(")
+    assert outcome.text is None and outcome.reason == "low-confidence", outcome
+    assert outcome.confidence < 0.1
