@@ -23,6 +23,7 @@ class ProgressReporter:
         self.cancellable = cancellable
         self.token = f"phi-lsp/{uuid.uuid4()}"
         self._active = False
+        self._ended: str | None = None  # end() came while begin() waited for the client
 
     @property
     def supported(self) -> bool:
@@ -52,6 +53,8 @@ class ProgressReporter:
                 cancellable=self.cancellable,
             ),
         )
+        if self._ended is not None:  # the work finished before the bar could open
+            self.end(self._ended)
 
     def report(self, message: str, percentage: int | None = None) -> None:
         if self._active:
@@ -60,9 +63,9 @@ class ProgressReporter:
             )
 
     def end(self, message: str = "") -> None:
-        if self._active:
-            self._active = False
-            self._server.work_done_progress.end(
-                self.token, types.WorkDoneProgressEnd(message=message or None)
-            )
-            self._server.work_done_progress.tokens.pop(self.token, None)
+        if not self._active:
+            self._ended = message
+            return
+        self._active = False
+        self._server.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message or None))
+        self._server.work_done_progress.tokens.pop(self.token, None)
