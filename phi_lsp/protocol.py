@@ -228,4 +228,3 @@ async def read_messages(reader: Any, protocol: PhiProtocol) -> None:
             except Exception:  # one bad message must not end the session
                 log.exception("failed to handle a message")
         await asyncio.sleep(0)  # let handlers scheduled by this message start
-

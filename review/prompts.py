@@ -294,9 +294,9 @@ def render(
     is dropped first (signatures, then imports), then few-shot examples. None when even the
     bare prompt does not fit (the unit is then counted as too long, never sent)."""
     count = count_tokens or estimate_tokens
-    budget = CONTEXT_TOKENS - max_tokens - 16
-    if budget < 256:
-        return None  # no room for a prompt beside so long an answer (review.maxTokens)
+    # A review.maxTokens above ~1,770 leaves a prompt no room in 2,048 tokens: it still gets 256
+    # (models with larger contexts take it; the demo model then refuses the request).
+    budget = max(256, CONTEXT_TOKENS - max_tokens - 16)
     ladder = [(True, True, 3), (True, False, 3), (False, False, 3), (False, False, 1)]
     for keep_imports, keep_signatures, examples in ladder:
         if mode == "raw":
