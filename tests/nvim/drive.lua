@@ -424,7 +424,17 @@ local function main()
     end)
   end)
 
+  -- The server is "busy" while any model request is in flight (a speculative next-line
+  -- prefetch, an abandoned completion waiting out its grace): wait until it is idle again.
+  local function until_ready()
+    wait_for("the server to be ready (nothing in flight)", 60000, function()
+      local s = phi.status(bufnr)
+      return s and s.state == "ready"
+    end)
+  end
+
   step("phi_status_command", function(r)
+    until_ready()
     r.output = vim.fn.execute("PhiStatus")
     r.statusline = phi.statusline()
   end)
@@ -444,6 +454,7 @@ local function main()
   end)
 
   step("health", function(r)
+    until_ready()
     vim.cmd("checkhealth phi_lsp")
     r.lines = api.nvim_buf_get_lines(0, 0, -1, false)
   end)
