@@ -80,20 +80,16 @@ class CompletionFeature(Feature):
     # -- model access ----------------------------------------------------------------------
 
     def _model(self) -> Model | None:
-        service = self.server.service
-        name = service.model_for("completion")
-        backend = service.routed("completion")
-        batcher = service.routed_batcher()
-        if backend is None or batcher is None:
-            return None
-        return Model(backend, batcher, name, service.token_counter("completion"), service.served_name(name))
+        return self._model_named(self.server.service.model_for("completion"))
 
     def _escalation_model(self) -> Model | None:
         """completion.escalationModel, when an endpoint serving it can take a request now."""
+        name = self.server.service.escalation_model("completion")
+        return self._model_named(name) if name is not None else None
+
+    def _model_named(self, name: str) -> Model | None:
+        """`name`, routed to an endpoint serving it; None while none can take a request."""
         service = self.server.service
-        name = service.escalation_model("completion")
-        if name is None:
-            return None
         backend = service.routed("completion", name)
         batcher = service.routed_batcher()
         if backend is None or batcher is None:
