@@ -273,17 +273,18 @@ class Reviewer:
                 finish(state)
 
         total = len(pending)
-        progress = [0]
+        done = 0
         if on_progress is not None:
             on_progress(0, total)
 
         def settled(item: _Item) -> None:
+            nonlocal done
             item.state.waiting -= 1
             if item.state.waiting == 0:
                 finish(item.state)
-            progress[0] += 1
+            done += 1
             if on_progress is not None:
-                on_progress(progress[0], total)
+                on_progress(done, total)
 
         def render_large(item: _Item) -> str | None:
             large = escalation.options
