@@ -131,6 +131,14 @@ def _kill_leftovers(processes: dict[int, int], pgid: int | None = None) -> None:
             pass
 
 
+async def _stop_everything(client, processes: dict[int, int], launcher: int | None) -> None:
+    """Whatever a failed test left running: vLLM's processes, phi-lsp, the client."""
+    _kill_leftovers(processes, launcher)
+    if client._server.returncode is None:
+        client._server.kill()
+    await client.stop()
+
+
 # -- the server -----------------------------------------------------------------------------
 
 
@@ -204,10 +212,7 @@ async def test_managed_vllm_never_outlives_phi_lsp(tmp_path):
         gone_after = await _until_gone(launcher, processes, GONE_WITHIN_S)
         print(f"managed vLLM: ready after {ready_after:.0f} s; {len(processes)} processes gone {gone_after:.1f} s after SIGKILL")
     finally:
-        _kill_leftovers(processes, launcher)
-        if server.returncode is None:
-            server.kill()
-        await client.stop()
+        await _stop_everything(client, processes, launcher)
 
 
 async def test_shutdown_while_the_model_starts_stops_it(tmp_path):
@@ -236,10 +241,7 @@ async def test_shutdown_while_the_model_starts_stops_it(tmp_path):
         ended = _startup_progress(client)
         assert not ended or isinstance(ended[-1], (types.WorkDoneProgressEnd, types.WorkDoneProgressReport))
     finally:
-        _kill_leftovers(processes, launcher)
-        if server.returncode is None:
-            server.kill()
-        await client.stop()
+        await _stop_everything(client, processes, launcher)
 
 
 async def test_without_vllm_it_says_so_once_and_leaves_no_progress_open(tmp_path):
@@ -266,6 +268,4 @@ async def test_without_vllm_it_says_so_once_and_leaves_no_progress_open(tmp_path
         assert status["state"] == "error"
         await client.shutdown_session()
     finally:
-        if client._server.returncode is None:
-            client._server.kill()  # a failed assertion must not leave stop() waiting on it
-        await client.stop()
+        await _stop_everything(client, {}, None)  # a failed assertion must not leave stop() waiting
