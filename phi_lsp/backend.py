@@ -143,6 +143,11 @@ class Health:
     def down(self) -> bool:
         return self.down_since is not None
 
+    @property
+    def accepting(self) -> bool:
+        """Whether a request may go now: up, or down with a probe that saw it answer."""
+        return not self.down or self.probing_ok
+
     def mark_down(self, reason: str) -> None:
         self.probing_ok = False
         if self.down_since is None:
@@ -296,7 +301,7 @@ class Backend:
     # -- plumbing --------------------------------------------------------------------------
 
     async def _post(self, path: str, body: dict, timeout_s: float | None, prompts: int) -> Any:
-        if self.health.down and not self.health.probing_ok:
+        if not self.health.accepting:
             raise BackendUnreachable(self.health.reason)
         if self.health.retry_after > time.monotonic():
             raise BackendOverloaded("the backend asked to retry later (HTTP 429)")

@@ -83,8 +83,7 @@ class Member:
 
     @property
     def available(self) -> bool:
-        health = self.backend.health
-        return not (health.down and not health.probing_ok)
+        return self.backend.health.accepting
 
     def __repr__(self) -> str:
         return f"Member({self.url!r}, outstanding={self.outstanding})"

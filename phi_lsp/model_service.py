@@ -2,7 +2,7 @@
 its health, and the status the editor shows ("starting", "ready", "busy", "unreachable").
 
 The completion and review features ask it for a backend and a model name; they never block on
-it. While the model is starting or down, `backend_or_none()` says so at once and the features
+it. While the model is starting or down, `routed()` says so at once (None) and the features
 answer with nothing instead of making the editor wait.
 
 Behind the backend is an endpoint pool (phi_lsp/endpoints.py): one endpoint for `backend.url`
@@ -248,13 +248,6 @@ class ModelService:
 
     def token_counter(self, task: str) -> TokenCounter:
         return TokenCounter.for_model(self.model_source(task))
-
-    def backend_or_none(self) -> Backend | None:
-        """The backend if it can take a request now (not starting, not known to be down)."""
-        backend = self.backend
-        if backend is None or (backend.health.down and not backend.health.probing_ok):
-            return None
-        return backend
 
     def routed(self, task: str, model: str | None = None) -> RoutedBackend | None:
         """A backend for `task`'s model (or `model`) that sends each call to a healthy endpoint
