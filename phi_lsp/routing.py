@@ -174,7 +174,7 @@ class Router:
         failed: dict = {}
         for (task, model), count in sorted(self.failed.items()):
             failed.setdefault(task, {})[model] = count
-        models = sorted(set(self.budget.totals) | set(self.budget._spent))
+        models = sorted(self.budget.totals)  # every model that ever spent tokens
         return {
             "escalations": escalations,
             "skipped": skipped,
