@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lsprotocol import types  # noqa: E402
 
-from phi_lsp import syntax  # noqa: E402
-from phi_lsp.documents import Document  # noqa: E402
+from phi_lsp.core import syntax  # noqa: E402
+from phi_lsp.core.documents import Document  # noqa: E402
 
 
 def stdlib_lines(count: int, skip: int = 0) -> list[str]:

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_backend_flag, editor, quiet_client_logs, vllm  # noqa: E402
 from lsprotocol import types  # noqa: E402
 
-from phi_lsp import syntax  # noqa: E402
-from phi_lsp.symbols import definitions_in  # noqa: E402
+from phi_lsp.core import syntax  # noqa: E402
+from phi_lsp.core.symbols import definitions_in  # noqa: E402
 
 PACKAGES = ["boltons", "marshmallow", "tomlkit", "humanize"]
 ALL = ["suffix", "imports", "scopes", "symbols", "recent"]

@@ -165,10 +165,10 @@ def single_function_file(i: int, seed: int) -> str:
 
 async def prefill_figures(url: str, seed: int) -> None:
     """The part of the time that batching cannot share on a CPU: reading the prompts."""
-    from phi_lsp.backend import Backend, Sampling
-    from phi_lsp.documents import Document
-    from review.prompts import PromptContext, constraint, render
-    from review.units import extract_units
+    from phi_lsp.model.backend import Backend, Sampling
+    from phi_lsp.core.documents import Document
+    from phi_lsp.review.prompts import PromptContext, constraint, render
+    from phi_lsp.review.units import extract_units
 
     snapshot = Document("file:///b/steps.py", functions_file(32, seed), 1, "python").snapshot()
     prompts = [render(u, PromptContext("steps.py", "python"), "raw", 320) for u in extract_units(snapshot)]
@@ -267,14 +267,14 @@ def stdlib_files(limit: int) -> list[Path]:
 
 
 async def bench_reliability(url: str, units_wanted: int) -> bool:
-    from phi_lsp import positions
-    from phi_lsp.backend import Backend
-    from phi_lsp.config import ReviewSettings
-    from phi_lsp.documents import Document, TextBuffer
-    from phi_lsp.tokens import TokenCounter
-    from review.diagnostics import to_diagnostic
-    from review.pipeline import FileJob, Reviewer, ReviewOptions
-    from review.units import extract_units
+    from phi_lsp.core import positions
+    from phi_lsp.model.backend import Backend
+    from phi_lsp.core.settings import ReviewSettings
+    from phi_lsp.core.documents import Document, TextBuffer
+    from phi_lsp.core.tokens import TokenCounter
+    from phi_lsp.review.diagnostics import to_diagnostic
+    from phi_lsp.review.pipeline import FileJob, Reviewer, ReviewOptions
+    from phi_lsp.review.units import extract_units
 
     print(f"== 3. Reliability: ~{units_wanted} units of standard-library code per variant ==")
     jobs, units = [], 0

@@ -45,13 +45,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import httpx  # noqa: E402
 from common import MODEL, add_backend_flag, model_dir, python_sources, vllm  # noqa: E402
 
-from phi_lsp.backend import BackendError, Sampling  # noqa: E402
-from phi_lsp.config import ReviewSettings, RoutingSettings  # noqa: E402
-from phi_lsp.endpoints import AFFINITY, ROUND_ROBIN, EndpointPool, EndpointSpec  # noqa: E402
-from phi_lsp.routing import Router  # noqa: E402
-from review.cli import load_job  # noqa: E402
-from review.pipeline import Escalation, FileJob, Reviewer, ReviewOptions  # noqa: E402
-from review.units import extract_units  # noqa: E402
+from phi_lsp.model.backend import BackendError, Sampling  # noqa: E402
+from phi_lsp.core.settings import ReviewSettings, RoutingSettings  # noqa: E402
+from phi_lsp.model.endpoints import AFFINITY, ROUND_ROBIN, EndpointPool, EndpointSpec  # noqa: E402
+from phi_lsp.model.escalation import Router  # noqa: E402
+from phi_lsp.review.files import load_job  # noqa: E402
+from phi_lsp.review.pipeline import Escalation, FileJob, Reviewer, ReviewOptions  # noqa: E402
+from phi_lsp.review.units import extract_units  # noqa: E402
 
 LARGE = "phi-large"
 
@@ -286,7 +286,7 @@ async def main() -> int:
     parser.add_argument("--steps", type=int, default=6, help="requests per document in parts 2 and 3")
     parser.add_argument("--review-min-confidence", type=float, default=RoutingSettings().review_min_confidence)
     args = parser.parse_args()
-    from phi_lsp.managed_vllm import ManagedVllm, ModelChoice
+    from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
 
     async with vllm(args.backend_url) as url_a:
         second = ManagedVllm(ModelChoice(str(model_dir()), MODEL), max_model_len=2048, start_timeout_s=900)

@@ -40,7 +40,7 @@ async def vllm(url: str | None) -> AsyncIterator[str]:
     if url:
         yield url.rstrip("/")
         return
-    from phi_lsp.managed_vllm import ManagedVllm, ModelChoice
+    from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
 
     server = ManagedVllm(ModelChoice(str(model_dir()), MODEL), max_model_len=2048)
     started = time.monotonic()

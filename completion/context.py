@@ -21,10 +21,10 @@ from typing import Callable
 
 from tree_sitter import Node
 
-from phi_lsp import positions, syntax
-from phi_lsp.documents import Snapshot
-from phi_lsp.symbols import Definition, SymbolIndex
-from phi_lsp.tokens import TokenCounter
+from phi_lsp.core import positions, syntax
+from phi_lsp.core.documents import Snapshot
+from phi_lsp.core.symbols import Definition, SymbolIndex
+from phi_lsp.core.tokens import TokenCounter
 
 WINDOW_STEP = 16  # lines; the prefix window's start snaps to a multiple of this
 NEAR_CURSOR_BYTES = 1200  # where to look for names whose definitions may help

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from tree_sitter import Tree
 
-from phi_lsp import positions, syntax
-from phi_lsp.backend import Choice
+from phi_lsp.core import positions, syntax
+from phi_lsp.model.backend import Choice
 
 MAX_LINES = 12
 # Above this size a reparse costs the event loop 0.1 s or more (1.4 s at 10 MB), several per

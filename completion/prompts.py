@@ -29,10 +29,10 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from phi_lsp import models
-from phi_lsp.models import END_OF_TEXT, PHI3, PHI4, RAW  # noqa: F401 (re-exported)
+from phi_lsp.core import chat_format as models
+from phi_lsp.core.chat_format import END_OF_TEXT, PHI3, PHI4, RAW  # noqa: F401 (re-exported)
 
-from .context import CompletionContext
+from phi_lsp.completion.context import CompletionContext
 
 HOLE = "<FILL_HERE>"
 DEFAULT_VARIANT = "default"

@@ -29,18 +29,18 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from phi_lsp import syntax
-from phi_lsp.backend import Backend, BackendError, Choice, Sampling
-from phi_lsp.batching import Batcher
-from phi_lsp.config import CompletionSettings
-from phi_lsp.documents import Snapshot
-from phi_lsp.routing import Router, completion_reason
-from phi_lsp.symbols import SymbolIndex
-from phi_lsp.tokens import TokenCounter
+from phi_lsp.core import syntax
+from phi_lsp.model.backend import Backend, BackendError, Choice, Sampling
+from phi_lsp.model.batching import Batcher
+from phi_lsp.core.settings import CompletionSettings
+from phi_lsp.core.documents import Snapshot
+from phi_lsp.model.escalation import Router, completion_reason
+from phi_lsp.core.symbols import SymbolIndex
+from phi_lsp.core.tokens import TokenCounter
 
-from . import postprocess, prompts
-from .cache import SuggestionCache
-from .context import CompletionContext, Snippet, Sources, build_context
+from phi_lsp.completion import postprocess, prompts
+from phi_lsp.completion.cache import SuggestionCache
+from phi_lsp.completion.context import CompletionContext, Snippet, Sources, build_context
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from phi_lsp.cli.main import main
 
 sys.exit(main())

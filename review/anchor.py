@@ -12,10 +12,10 @@ otherwise it is dropped as stale. A placed finding always spans exactly its quot
 
 from __future__ import annotations
 
-from phi_lsp.documents import TextBuffer
+from phi_lsp.core.documents import TextBuffer
 
-from .findings import Finding, Placed, source_bytes
-from .units import Unit
+from phi_lsp.review.findings import Finding, Placed, source_bytes
+from phi_lsp.review.units import Unit
 
 
 def line_offsets(unit: Unit, buffer: TextBuffer) -> list[int]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phi_lsp.documents import Snapshot
+from phi_lsp.core.documents import Snapshot
 
-from .units import Unit
+from phi_lsp.review.units import Unit
 
 BRANCHES_AT_LEAST = 10  # cyclomatic complexity 11 and more: "complex" in McCabe's terms
 NESTING_AT_LEAST = 4

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from lsprotocol import types
 
-from phi_lsp.documents import TextBuffer
+from phi_lsp.core.documents import TextBuffer
 
-from .findings import Placed
+from phi_lsp.review.findings import Placed
 
 SOURCE = "phi-review"
 SEVERITY = {

@@ -17,10 +17,10 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
-from phi_lsp import syntax
+from phi_lsp.core import syntax
 
-from .prompts import CATEGORIES, MAX_CODE_CHARS, MAX_FINDINGS_PER_UNIT, MAX_FIX_CHARS, MAX_MESSAGE_CHARS, SEVERITIES
-from .units import Unit
+from phi_lsp.review.prompts import CATEGORIES, MAX_CODE_CHARS, MAX_FINDINGS_PER_UNIT, MAX_FIX_CHARS, MAX_MESSAGE_CHARS, SEVERITIES
+from phi_lsp.review.units import Unit
 
 # How far (in lines) the quoted code may be from the lines the finding names. Models miscount
 # a little; a quote much further away means the finding is about something else.

@@ -20,13 +20,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from phi_lsp import __version__, positions
-from phi_lsp.documents import TextBuffer
-from phi_lsp.syntax import path_of
+from phi_lsp import __version__
+from phi_lsp.core import positions
+from phi_lsp.core.documents import TextBuffer
+from phi_lsp.core.syntax import path_of
 
-from .findings import SEVERITY_RANK, Placed
-from .pipeline import FileReview
-from .prompts import CATEGORIES
+from phi_lsp.review.findings import SEVERITY_RANK, Placed
+from phi_lsp.review.pipeline import FileReview
+from phi_lsp.review.prompts import CATEGORIES
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/microsoft/phi-lsp"

@@ -18,18 +18,18 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-from phi_lsp.backend import Backend, BackendError, Choice, Sampling
-from phi_lsp.config import ReviewSettings
-from phi_lsp.documents import Snapshot
-from phi_lsp.endpoints import RoutedBackend
-from phi_lsp.routing import COMPLEX, AnswerSignals, Router, review_reason
+from phi_lsp.model.backend import Backend, BackendError, Choice, Sampling
+from phi_lsp.core.settings import ReviewSettings
+from phi_lsp.core.documents import Snapshot
+from phi_lsp.model.endpoints import RoutedBackend
+from phi_lsp.model.escalation import COMPLEX, AnswerSignals, Router, review_reason
 
-from . import findings as F
-from .anchor import line_offsets, place_in_unit
-from .complexity import measure
-from .findings import Finding, Placed
-from .prompts import PromptContext, constraint, file_imports, render, resolve_mode, signatures_for, stop_sequences
-from .units import Unit, extract_units
+from phi_lsp.review import findings as F
+from phi_lsp.review.anchor import line_offsets, place_in_unit
+from phi_lsp.review.complexity import measure
+from phi_lsp.review.findings import Finding, Placed
+from phi_lsp.review.prompts import PromptContext, constraint, file_imports, render, resolve_mode, signatures_for, stop_sequences
+from phi_lsp.review.units import Unit, extract_units
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from phi_lsp import models
+from phi_lsp.core import chat_format as models
 
-from .units import Unit
+from phi_lsp.review.units import Unit
 
 SEVERITIES = ("error", "warning", "info", "hint")
 CATEGORIES = ("bug", "security", "performance", "style", "maintainability")
@@ -110,7 +110,7 @@ class PromptContext:
 
 def file_imports(snapshot) -> list[str]:
     """The file's import statements (one entry per line), bounded."""
-    from phi_lsp import syntax
+    from phi_lsp.core import syntax
 
     if snapshot.tree is None:
         return []

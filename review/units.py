@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from tree_sitter import Node
 
-from phi_lsp import syntax
-from phi_lsp.documents import Snapshot
+from phi_lsp.core import syntax
+from phi_lsp.core.documents import Snapshot
 
 MAX_UNIT_BYTES = 2_400  # about 700 tokens of code: with the prompt's frame it fits 2k contexts
 MAX_CALLS = 24

@@ -92,7 +92,7 @@ def vllm_url():
     if os.environ.get("PHI_LSP_TEST_VLLM_URL"):
         yield os.environ["PHI_LSP_TEST_VLLM_URL"].rstrip("/")
         return
-    from phi_lsp.managed_vllm import ManagedVllm, ManagedVllmError, ModelChoice, vllm_missing
+    from phi_lsp.model.managed_vllm import ManagedVllm, ManagedVllmError, ModelChoice, vllm_missing
 
     missing = vllm_missing(sys.executable)
     if missing:

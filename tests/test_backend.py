@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from phi_lsp.backend import Backend, BackendRequestError, BackendUnreachable, Health, Sampling
-from phi_lsp.batching import Batcher
+from phi_lsp.model.backend import Backend, BackendRequestError, BackendUnreachable, Health, Sampling
+from phi_lsp.model.batching import Batcher
 from tests.conftest import DEAD_BACKEND, MODEL_NAME
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -114,7 +114,7 @@ async def test_an_answer_of_the_wrong_shape_is_garbage_and_an_outage():
     (the user is told once), and a `usage` of nonsense does not raise on its own."""
     import httpx
 
-    from phi_lsp.backend import BackendBadResponse
+    from phi_lsp.model.backend import BackendBadResponse
 
     def answer(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/models"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from phi_lsp import config
-from phi_lsp.config import SettingsManager
+from phi_lsp.core import settings as config
+from phi_lsp.core.settings import SettingsManager
 
 
 def test_defaults():

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from completion import prompts
-from completion.context import Snippet, Sources, build_context, names_near
-from phi_lsp import syntax
-from phi_lsp.documents import Document
-from phi_lsp.symbols import SymbolIndex
-from phi_lsp.tokens import TokenCounter
+from phi_lsp.completion import prompts
+from phi_lsp.completion.context import Snippet, Sources, build_context, names_near
+from phi_lsp.core import syntax
+from phi_lsp.core.documents import Document
+from phi_lsp.core.symbols import SymbolIndex
+from phi_lsp.core.tokens import TokenCounter
 
 COUNTER = TokenCounter.for_model("phi-code-tiny")  # the bundled model's own tokenizer
 

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from lsprotocol import types
 
-from phi_lsp import syntax
-from phi_lsp.documents import Document
+from phi_lsp.core import syntax
+from phi_lsp.core.documents import Document
 from tests import text_model
 
 ENCODINGS = ["utf-8", "utf-16", "utf-32"]

@@ -7,7 +7,7 @@ import gc
 
 from lsprotocol import types
 
-from phi_lsp.server import create_server
+from phi_lsp.lsp.setup import create_server
 from tests.conftest import DEAD_BACKEND, settings
 from tests.rawlsp import RawServer
 

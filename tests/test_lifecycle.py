@@ -88,7 +88,7 @@ def test_exits_when_the_editor_process_dies(raw, tmp_path):
 def test_tcp_transport(tmp_path):
     import socket
 
-    from phi_lsp.managed_vllm import free_port
+    from phi_lsp.model.managed_vllm import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "phi_lsp", "serve", "--tcp", f"127.0.0.1:{port}"],

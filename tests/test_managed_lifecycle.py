@@ -36,7 +36,7 @@ GONE_WITHIN_S = 20
 
 
 def _needs_vllm():
-    from phi_lsp.managed_vllm import bundled_model, vllm_missing
+    from phi_lsp.model.managed_vllm import bundled_model, vllm_missing
 
     reason = vllm_missing(sys.executable) or (None if bundled_model(MODEL_NAME) else "the bundled model is missing")
     if reason:
@@ -67,7 +67,7 @@ def _launcher_of(pid: int) -> int | None:
         stat = _stat(child)
         if stat and stat[1] == pid:
             try:
-                if b"phi_lsp.vllm_launcher" in Path(f"/proc/{child}/cmdline").read_bytes():
+                if b"phi_lsp.model.vllm_launcher" in Path(f"/proc/{child}/cmdline").read_bytes():
                     return child
             except OSError:
                 continue

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from phi_lsp import config
+from phi_lsp.core import settings as config
 
 ROOT = Path(__file__).resolve().parent.parent
 VSCODE = ROOT / "editors" / "vscode"

@@ -3,8 +3,8 @@
 import pytest
 from lsprotocol import types
 
-from phi_lsp import positions, syntax
-from phi_lsp.documents import Document
+from phi_lsp.core import positions, syntax
+from phi_lsp.core.documents import Document
 
 
 @pytest.mark.parametrize(

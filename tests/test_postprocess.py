@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from completion import postprocess
-from completion.postprocess import CursorInfo
-from phi_lsp import syntax
-from phi_lsp.backend import Choice
+from phi_lsp.completion import postprocess
+from phi_lsp.completion.postprocess import CursorInfo
+from phi_lsp.core import syntax
+from phi_lsp.model.backend import Choice
 
 CASES = tomllib.loads((Path(__file__).parent / "golden" / "completion" / "cases.toml").read_text())["case"]
 

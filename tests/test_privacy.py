@@ -1,6 +1,6 @@
 """Secrets: what may leave the machine and what may reach a log.
 
-- phi_lsp.privacy on its own: secret file names, `.gitignore`-style `privacy.exclude`, redaction
+- phi_lsp.core.privacy on its own: secret file names, `.gitignore`-style `privacy.exclude`, redaction
   of secret-looking strings (and ordinary code left alone), the log filter;
 - end to end through the fault proxy in pass mode, which records every request body phi-lsp
   sends to the real vLLM: secret and excluded files send nothing (not even as context of
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from phi_lsp.config import PrivacySettings
-from phi_lsp.privacy import REDACTED, LogRedactor, PrivacyFilter, mask, redact, remember_secret
+from phi_lsp.core.settings import PrivacySettings
+from phi_lsp.core.privacy import REDACTED, LogRedactor, PrivacyFilter, mask, redact, remember_secret
 from tests.conftest import settings
 from tests.fault_proxy import FaultProxy
 from tests.rawlsp import RawServer
@@ -376,11 +376,11 @@ def test_instructions_aimed_at_the_model_change_nothing_but_text(tmp_path, vllm_
 
 
 def test_hostile_answers_become_text_and_edits_of_the_reviewed_document_only():
-    from phi_lsp.documents import Document
-    from review.anchor import line_offsets, place_in_unit
-    from review.diagnostics import quick_fix, to_diagnostic
-    from review.findings import review_answer
-    from review.units import extract_units
+    from phi_lsp.core.documents import Document
+    from phi_lsp.review.anchor import line_offsets, place_in_unit
+    from phi_lsp.review.diagnostics import quick_fix, to_diagnostic
+    from phi_lsp.review.findings import review_answer
+    from phi_lsp.review.units import extract_units
 
     uri = "file:///ws/cleanup.py"
     document = Document(uri, INJECTION, 1, "python", "utf-16")

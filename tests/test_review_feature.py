@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 from lsprotocol import types
 
-from phi_lsp.review_feature import ReviewFeature
-from phi_lsp.server import create_server
-from review.anchor import line_offsets, place_in_unit
-from review.findings import review_answer
-from review.pipeline import FileJob, FileReview
-from review.units import extract_units
+from phi_lsp.lsp.features.review import ReviewFeature
+from phi_lsp.lsp.setup import create_server
+from phi_lsp.review.anchor import line_offsets, place_in_unit
+from phi_lsp.review.findings import review_answer
+from phi_lsp.review.pipeline import FileJob, FileReview
+from phi_lsp.review.units import extract_units
 from tests.text_model import apply_edit
 
 SOURCE = '''import os
@@ -166,13 +166,13 @@ def test_workspace_edit_without_document_changes(setup):
 
 
 def test_a_multi_line_fix_keeps_the_files_crlf():
-    from review.diagnostics import quick_fix
+    from phi_lsp.review.diagnostics import quick_fix
 
     source = "def average(values):\r\n    total = sum(values)\r\n    return total / len(values)\r\n"
     answer = ('[{"lines": [2, 3], "severity": "warning", "category": "bug", "message": "Empty values.",'
               ' "code": "total = sum(values)\\n    return total / len(values)",'
               ' "fix": "if not values:\\n        return 0.0\\n    return sum(values) / len(values)"}]')
-    from phi_lsp.documents import Document
+    from phi_lsp.core.documents import Document
 
     snapshot = Document(URI, source, 1, "python").snapshot()
     [unit] = extract_units(snapshot)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from phi_lsp.documents import Document
-from review import formats
-from review.anchor import line_offsets, place_in_unit
-from review.findings import review_answer
-from review.pipeline import FileJob, FileReview
-from review.units import extract_units
+from phi_lsp.core.documents import Document
+from phi_lsp.review import formats
+from phi_lsp.review.anchor import line_offsets, place_in_unit
+from phi_lsp.review.findings import review_answer
+from phi_lsp.review.pipeline import FileJob, FileReview
+from phi_lsp.review.units import extract_units
 from tests.conftest import DEAD_BACKEND, MODEL_NAME, ROOT
 
 SOURCE = 'NAME = "naïve 🌍"\n\n\ndef average(values):\n    total = sum(values)\n    return "🌍" + total / len(values)\n'
@@ -146,7 +146,7 @@ def test_cli_with_a_dead_backend_and_a_missing_path(tmp_path):
 def test_progress_bar_only_when_enabled():
     import io
 
-    from review.cli import ProgressBar
+    from phi_lsp.cli.review import ProgressBar
 
     stream = io.StringIO()
     bar = ProgressBar(True, stream)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from phi_lsp.documents import Document
-from review.anchor import line_offsets, place_in_unit
-from review.findings import finalize, review_answer
-from review.units import extract_units
+from phi_lsp.core.documents import Document
+from phi_lsp.review.anchor import line_offsets, place_in_unit
+from phi_lsp.review.findings import finalize, review_answer
+from phi_lsp.review.units import extract_units
 
 GOLDEN = Path(__file__).parent / "golden" / "review"
 EXTENSIONS = {"python": "py", "javascript": "js", "typescript": "ts", "go": "go", "rust": "rs"}

@@ -15,7 +15,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from review.prompts import CATEGORIES
+from phi_lsp.review.prompts import CATEGORIES
 from tests.conftest import SERVER_COMMAND, initialize, settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

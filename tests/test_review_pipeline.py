@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from phi_lsp.backend import Backend
-from phi_lsp.config import ReviewSettings
-from phi_lsp.documents import Document
-from review import findings as F
-from review.pipeline import FileJob, Reviewer, ReviewOptions
+from phi_lsp.model.backend import Backend
+from phi_lsp.core.settings import ReviewSettings
+from phi_lsp.core.documents import Document
+from phi_lsp.review import findings as F
+from phi_lsp.review.pipeline import FileJob, Reviewer, ReviewOptions
 from tests.conftest import DEAD_BACKEND, MODEL_NAME
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.vllm]

@@ -9,14 +9,14 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phi_lsp.documents import Document
-from phi_lsp.privacy import PrivacyFilter
-from phi_lsp.symbols import Definition
-from phi_lsp.tokens import TokenCounter
-from review import prompts
-from review.anchor import line_offsets
-from review.findings import TRUNCATED, UNPARSEABLE, parse_answer, review_answer
-from review.units import extract_units
+from phi_lsp.core.documents import Document
+from phi_lsp.core.privacy import PrivacyFilter
+from phi_lsp.core.symbols import Definition
+from phi_lsp.core.tokens import TokenCounter
+from phi_lsp.review import prompts
+from phi_lsp.review.anchor import line_offsets
+from phi_lsp.review.findings import TRUNCATED, UNPARSEABLE, parse_answer, review_answer
+from phi_lsp.review.units import extract_units
 
 SOURCE = '''import os
 import requests

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from lsprotocol import types
 
-from phi_lsp.documents import Document
-from review.units import MAX_UNIT_BYTES, extract_units
+from phi_lsp.core.documents import Document
+from phi_lsp.review.units import MAX_UNIT_BYTES, extract_units
 
 PY = '''import os
 from pathlib import Path

@@ -9,15 +9,16 @@ from collections import Counter
 
 import pytest
 
-from completion import prompts
-from completion.context import CompletionContext, Snippet
-from phi_lsp import routing
-from phi_lsp.backend import BackendRequestError, BackendServerError
-from phi_lsp.documents import Document
-from phi_lsp.endpoints import AFFINITY, ROUND_ROBIN, EndpointPool, EndpointSpec
-from phi_lsp.feedback import COMPLETION, ROUTING, FeedbackStore, percentile, run_stats, summarize, wilson
-from review.complexity import measure
-from review.units import extract_units
+from phi_lsp.completion import prompts
+from phi_lsp.completion.context import CompletionContext, Snippet
+from phi_lsp.model import escalation as routing
+from phi_lsp.model.backend import BackendRequestError, BackendServerError
+from phi_lsp.core.documents import Document
+from phi_lsp.model.endpoints import AFFINITY, ROUND_ROBIN, EndpointPool, EndpointSpec
+from phi_lsp.cli.stats import run_stats
+from phi_lsp.core.telemetry import COMPLETION, ROUTING, FeedbackStore, percentile, summarize, wilson
+from phi_lsp.review.complexity import measure
+from phi_lsp.review.units import extract_units
 
 # -- decisions -----------------------------------------------------------------------------------
 
@@ -198,16 +199,21 @@ def test_store_keeps_no_text_unless_asked_and_purges_old_rows(tmp_path):
     store.record(COMPLETION, "shown", item="g1", model="m", text="secret_code()")
     store.keep_text = True
     store.record(COMPLETION, "shown", item="g2", model="m", text="kept_code()")
+    assert not (tmp_path / "f.sqlite3").exists()  # recording never touches disk; flush does
+    store.flush()
+    assert oct((tmp_path / "f.sqlite3").stat().st_mode & 0o777) == "0o600"
     db = sqlite3.connect(tmp_path / "f.sqlite3")
     assert db.execute("SELECT item, text FROM events").fetchall() == [("g1", None), ("g2", "kept_code()")]
     clock.now += 6 * 86_400
     assert store.purge() == 0
     clock.now += 2 * 86_400
-    store.record(COMPLETION, "shown", item="g3", model="m")  # the hourly purge runs with it
+    store.record(COMPLETION, "shown", item="g3", model="m")
+    store.flush()  # the hourly purge runs with it
     assert db.execute("SELECT item, text FROM events").fetchall() == [("g3", None)]
     store.close()
     again = FeedbackStore(tmp_path / "g.sqlite3", clock=clock)
     again.record(COMPLETION, "shown", item="x", text="never_stored()")
+    again.flush()
     assert sqlite3.connect(tmp_path / "g.sqlite3").execute("SELECT text FROM events").fetchall() == [(None,)]
     again.close()
 

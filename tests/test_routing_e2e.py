@@ -20,13 +20,13 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from phi_lsp.backend import Sampling
-from phi_lsp.config import ReviewSettings
-from phi_lsp.documents import Document
-from phi_lsp.endpoints import EndpointPool, EndpointSpec
-from phi_lsp.routing import COMPLEX, SKIPPED_BUDGET, Router
-from review import findings as F
-from review.pipeline import Escalation, FileJob, Reviewer, ReviewOptions
+from phi_lsp.model.backend import Sampling
+from phi_lsp.core.settings import ReviewSettings
+from phi_lsp.core.documents import Document
+from phi_lsp.model.endpoints import EndpointPool, EndpointSpec
+from phi_lsp.model.escalation import COMPLEX, SKIPPED_BUDGET, Router
+from phi_lsp.review import findings as F
+from phi_lsp.review.pipeline import Escalation, FileJob, Reviewer, ReviewOptions
 from tests.conftest import DEAD_BACKEND, MODEL_NAME, SERVER_COMMAND, initialize, make_client
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.vllm]
@@ -280,8 +280,8 @@ async def test_review_units_escalate_through_the_server(routed_client: LanguageC
 async def test_doctor_checks_every_endpoint_and_what_it_is_listed_for(vllm_url):
     import io
 
-    from phi_lsp.config import SettingsManager
-    from phi_lsp.doctor import run_doctor
+    from phi_lsp.core.settings import SettingsManager
+    from phi_lsp.cli.doctor import run_doctor
 
     manager = SettingsManager()
     manager.set_source("pyproject.toml", {

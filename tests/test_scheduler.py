@@ -8,11 +8,11 @@ import asyncio
 
 import pytest
 
-from completion.service import AUTO, CompletionService, Model, Request
-from phi_lsp.backend import Choice
-from phi_lsp.config import CompletionSettings
-from phi_lsp.documents import Document
-from phi_lsp.tokens import TokenCounter
+from phi_lsp.completion.service import AUTO, CompletionService, Model, Request
+from phi_lsp.model.backend import Choice
+from phi_lsp.core.settings import CompletionSettings
+from phi_lsp.core.documents import Document
+from phi_lsp.core.tokens import TokenCounter
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -1,4 +1,4 @@
-"""A deliberately plain model of LSP text edits, independent of phi_lsp.documents: the
+"""A deliberately plain model of LSP text edits, independent of phi_lsp.core.documents: the
 document is a str, lines end at \\n, \\r\\n or \\r, and columns count code units of the
 negotiated encoding. Property tests compare the real store against it."""
 

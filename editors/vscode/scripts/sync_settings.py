@@ -3,7 +3,7 @@
     .venv/bin/python editors/vscode/scripts/sync_settings.py          # rewrite package.json
     .venv/bin/python editors/vscode/scripts/sync_settings.py --check  # exit 1 if out of date
 
-For every key in `phi_lsp.config.all_keys()` it sets type, default, enum, minimum/maximum and
+For every key in `phi_lsp.core.settings.all_keys()` it sets type, default, enum, minimum/maximum and
 item rules from the dataclass field, keeps the description already written in package.json,
 and adds new keys (with a placeholder description that tests/test_node_client.py rejects, so
 a person writes one) to their section's group. Settings of sections the server no longer has

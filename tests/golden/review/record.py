@@ -21,14 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from phi_lsp.backend import Backend  # noqa: E402
-from phi_lsp.config import ReviewSettings  # noqa: E402
-from phi_lsp.documents import Document  # noqa: E402
-from review.anchor import line_offsets  # noqa: E402
-from review.findings import review_answer  # noqa: E402
-from review.pipeline import ReviewOptions  # noqa: E402
-from review.prompts import PromptContext, file_imports, render  # noqa: E402
-from review.units import extract_units  # noqa: E402
+from phi_lsp.model.backend import Backend  # noqa: E402
+from phi_lsp.core.settings import ReviewSettings  # noqa: E402
+from phi_lsp.core.documents import Document  # noqa: E402
+from phi_lsp.review.anchor import line_offsets  # noqa: E402
+from phi_lsp.review.findings import review_answer  # noqa: E402
+from phi_lsp.review.pipeline import ReviewOptions  # noqa: E402
+from phi_lsp.review.prompts import PromptContext, file_imports, render  # noqa: E402
+from phi_lsp.review.units import extract_units  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

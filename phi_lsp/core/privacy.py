@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .config import PrivacySettings
-from .syntax import path_of
+from phi_lsp.core.settings import PrivacySettings
+from phi_lsp.core.syntax import path_of
 
 # Basenames (fnmatch, case-insensitive) of files that hold secrets.
 SECRET_FILES = (

@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from .positions import valid_text
+from phi_lsp.core.positions import valid_text
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def _hub_cache() -> Path:
 
 def find_tokenizer_file(model: str) -> Path | None:
     """tokenizer.json for a model directory, a bundled model name or a cached hub id."""
-    from .managed_vllm import bundled_model
+    from phi_lsp.core.paths import bundled_model
 
     direct = Path(model).expanduser()
     candidates = [direct / "tokenizer.json"]

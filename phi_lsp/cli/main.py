@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, config
+from phi_lsp import __version__
+from phi_lsp.core import settings as config
 
 
 def _global_flags(parser: argparse.ArgumentParser, in_subcommand: bool) -> None:
@@ -81,7 +82,7 @@ def setup_logging(verbose: int, log_file: str | None) -> None:
     level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    from .privacy import LogRedactor, remember_secret
+    from phi_lsp.core.privacy import LogRedactor, remember_secret
 
     remember_secret(os.environ.get("PHI_LSP_API_KEY"))
     handler.addFilter(LogRedactor())  # API keys and secret-looking strings never reach a log
@@ -107,25 +108,25 @@ def _main(argv: list[str] | None) -> int:
     if command == "serve":
         return run_server(args)
     if command == "doctor":
-        from .doctor import run_doctor
+        from phi_lsp.cli.doctor import run_doctor
 
         return asyncio.run(run_doctor(_cli_settings(args)))
     if command == "serve-model":
         return asyncio.run(_serve_model(args))
     if command == "review":
-        from review.cli import run_review
+        from phi_lsp.cli.review import run_review
 
         return asyncio.run(run_review(_cli_settings(args), args.paths, args.format, args.fail_on, not args.no_progress))
     if command == "complete":
-        from completion.cli import run_complete
+        from phi_lsp.cli.complete import run_complete
 
         return asyncio.run(run_complete(_cli_settings(args), args.location, args.format))
     if command == "demo":
-        from .demo import run_demo
+        from phi_lsp.cli.demo import run_demo
 
         return asyncio.run(run_demo(_cli_settings(args), args.file))
     if command == "stats":
-        from .feedback import run_stats
+        from phi_lsp.cli.stats import run_stats
 
         return run_stats(args.format, args.days)
     raise AssertionError(command)
@@ -139,7 +140,7 @@ def _cli_settings(args: argparse.Namespace) -> config.SettingsManager:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    from .server import create_server
+    from phi_lsp.lsp.setup import create_server
 
     cli_settings = config.from_flags(args.backend_url, args.model)
     if getattr(args, "config", None):
@@ -164,8 +165,8 @@ def run_server(args: argparse.Namespace) -> int:
 
 
 async def _serve_model(args: argparse.Namespace) -> int:
-    from .managed_vllm import ManagedVllm, ManagedVllmError
-    from .runtime import model_configured, write_serve_model_record
+    from phi_lsp.model.managed_vllm import ManagedVllm, ManagedVllmError
+    from phi_lsp.model.cli_backend import model_configured, write_serve_model_record
 
     manager = _cli_settings(args)
     managed = ManagedVllm.from_settings(manager.settings, model_configured(manager))

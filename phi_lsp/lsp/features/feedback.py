@@ -1,15 +1,18 @@
 """Feedback and routing figures in the server: completion events, quick-fix events and
-escalations go to the local SQLite store (phi_lsp/feedback.py); `phi.stats` gets the routing
+escalations go to the local SQLite store (phi_lsp.core.telemetry), written in batches a moment
+after the answer that caused them, never on the way to it; `phi.stats` gets the routing
 counters, the endpoints' figures and the store's summary (what `phi-lsp stats` prints)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from .feature import Feature
-from .feedback import COMPLETION, REVIEW, ROUTING, FeedbackStore
+from phi_lsp.lsp.features.base import Feature
+from phi_lsp.core.telemetry import COMPLETION, REVIEW, ROUTING, FeedbackStore
 
 log = logging.getLogger(__name__)
+FLUSH_DELAY_S = 2.0
 
 
 def _group(suggestion_id: str) -> str:
@@ -26,6 +29,7 @@ class FeedbackFeature(Feature):
         if review is not None:
             review.on_feedback = self.review_event
         server.service.router.on_event = self.routing_event
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def settings_changed(self, settings) -> None:
         t = settings.telemetry
@@ -54,16 +58,30 @@ class FeedbackFeature(Feature):
             fields["accepted_chars"] = accepted if isinstance(accepted, int) and accepted >= 0 else len(text)
         elif event == "rejected":
             fields["accepted_chars"] = 0
-        self.store.record(COMPLETION, event, **fields)
+        self._record(COMPLETION, event, **fields)
 
     def review_event(self, event: str, info: dict) -> None:
-        self.store.record(REVIEW, event, item=info.get("findingId"), model=info.get("model"))
+        self._record(REVIEW, event, item=info.get("findingId"), model=info.get("model"))
 
     def routing_event(self, event: str, info: dict) -> None:
-        self.store.record(
+        self._record(
             ROUTING, event, model=info.get("model"), trigger=info.get("task"), escalation=info.get("reason"),
             variant=info.get("variant"), count=info.get("count") or 1,
         )
+
+    def _record(self, kind: str, event: str, **fields) -> None:
+        self.store.record(kind, event, **fields)
+        if self.store.pending and self._flush_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a unit test calling the hooks directly)
+                self.store.flush()
+                return
+            self._flush_timer = loop.call_later(FLUSH_DELAY_S, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_timer = None
+        self.store.flush()
 
     # -- figures ---------------------------------------------------------------------------
 
@@ -82,4 +100,7 @@ class FeedbackFeature(Feature):
         return figures
 
     async def shutdown(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         self.store.close()

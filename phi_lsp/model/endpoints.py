@@ -27,8 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
-from .backend import Backend, BackendError, BackendUnreachable, Choice, Health, Sampling
-from .batching import Batcher
+from phi_lsp.model.backend import Backend, BackendError, BackendUnreachable, Choice, Health, Sampling
+from phi_lsp.model.batching import Batcher
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ import json
 import logging
 import re
 import threading
-import typing
 from typing import Any
 
 from lsprotocol import types
@@ -27,8 +26,7 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.json_rpc import JsonRPCProtocol
 from pygls.protocol.language_server import lsp_method
 
-if typing.TYPE_CHECKING:
-    from .server import PhiServer
+from phi_lsp.lsp.context import DocumentHost
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 class PhiProtocol(LanguageServerProtocol):
-    _server: "PhiServer"
+    _server: DocumentHost  # type: ignore[assignment]
 
     def __init__(self, server, converter):
         super().__init__(server, converter)

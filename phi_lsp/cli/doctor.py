@@ -6,11 +6,11 @@ from __future__ import annotations
 import shutil
 import sys
 
-from . import __version__
-from .backend import Backend, BackendError
-from .config import SettingsManager, all_keys, redacted
-from .managed_vllm import choose_model, has_gpu, vllm_missing
-from .runtime import find_serve_model, model_configured
+from phi_lsp import __version__
+from phi_lsp.model.backend import Backend, BackendError
+from phi_lsp.core.settings import SettingsManager, all_keys, redacted
+from phi_lsp.model.managed_vllm import choose_model, has_gpu, vllm_missing
+from phi_lsp.model.cli_backend import find_serve_model, model_configured
 
 
 async def run_doctor(manager: SettingsManager, out=None) -> int:
@@ -91,7 +91,7 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
 
 async def _check_endpoints(settings, say, problems: list[str]) -> None:
     """backend.endpoints (and backend.url beside them): each server and what it serves."""
-    from .endpoints import EndpointPool, EndpointSpec
+    from phi_lsp.model.endpoints import EndpointPool, EndpointSpec
 
     b = settings.backend
     specs = [EndpointSpec.parse(b.url, (), b.api_key)] if b.url else []

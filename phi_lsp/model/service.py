@@ -21,13 +21,13 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from .backend import Backend, BackendError, Health
-from .batching import Batcher
-from .config import Settings
-from .endpoints import EndpointPool, EndpointSpec, RoutedBackend, RoutedBatcher
-from .managed_vllm import ManagedVllm, ManagedVllmError, ModelChoice
-from .routing import Router
-from .tokens import TokenCounter
+from phi_lsp.model.backend import Backend, BackendError, Health
+from phi_lsp.model.batching import Batcher
+from phi_lsp.core.settings import Settings
+from phi_lsp.model.endpoints import EndpointPool, EndpointSpec, RoutedBackend, RoutedBatcher
+from phi_lsp.model.managed_vllm import ManagedVllm, ManagedVllmError, ModelChoice
+from phi_lsp.model.escalation import Router
+from phi_lsp.core.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 

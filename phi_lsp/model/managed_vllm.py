@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import DEFAULT_MODEL, DEMO_MODEL, Settings
+from phi_lsp.core.paths import PACKAGE_DIR, bundled_model
+from phi_lsp.core.settings import DEFAULT_MODEL, DEMO_MODEL, Settings
 
 log = logging.getLogger(__name__)
 
-BUNDLED_MODELS = Path(__file__).parent / "models"
 INSTALL_HINT = (
     "Install it with `pip install 'phi-lsp[cpu]'` (CPU build, runs the bundled demo model) or "
     "`pip install vllm` on a machine with an NVIDIA GPU, or set backend.url to a running "
@@ -60,11 +60,6 @@ class ModelChoice:
 
 def has_gpu() -> bool:
     return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
-
-
-def bundled_model(name: str) -> Path | None:
-    path = BUNDLED_MODELS / name
-    return path if (path / "config.json").is_file() else None
 
 
 def choose_model(settings: Settings, model_configured: bool, gpu: bool | None = None) -> ModelChoice:
@@ -164,7 +159,7 @@ class ManagedVllm:
         return [
             self.python,
             "-m",
-            "phi_lsp.vllm_launcher",
+            "phi_lsp.model.vllm_launcher",
             "--model",
             self.model.source,
             "--served-model-name",
@@ -188,7 +183,7 @@ class ManagedVllm:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; ignored on GPUs
         env.setdefault("PYTHONUNBUFFERED", "1")
         # The child must import this package even when phi-lsp runs from a source checkout.
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(PACKAGE_DIR.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         progress(f"Starting vLLM for {self.model.served_name}", 0)
         log.info("starting managed vLLM: %s", " ".join(self.command()))

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from .backend import Backend, Choice, Sampling
+from phi_lsp.model.backend import Backend, Choice, Sampling
 
 log = logging.getLogger(__name__)
 

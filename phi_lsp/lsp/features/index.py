@@ -1,4 +1,4 @@
-"""Keeps the workspace symbol index (phi_lsp.symbols) in step with the editor: built once after
+"""Keeps the workspace symbol index (phi_lsp.core.symbols) in step with the editor: built once after
 initialize, updated from an open document's tree shortly after it changes, and from disk when
 a file is saved or closed."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from .documents import Document
-from .feature import Feature
-from .symbols import MAX_FILE_BYTES, SymbolIndex
-from .syntax import path_of
+from phi_lsp.core.documents import Document
+from phi_lsp.lsp.features.base import Feature
+from phi_lsp.core.symbols import MAX_FILE_BYTES, SymbolIndex
+from phi_lsp.core.syntax import path_of
 
 REINDEX_DELAY_S = 0.5  # after the last keystroke; the index does not need every keystroke
 

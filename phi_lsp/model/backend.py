@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .positions import valid_text
+from phi_lsp.core.positions import valid_text
 
 if TYPE_CHECKING:
     import httpx

@@ -28,19 +28,20 @@ from typing import Any
 
 from lsprotocol import types
 
-from review import diagnostics as review_diagnostics
-from review.anchor import relocate
-from review.cli import load_job
-from review.findings import STALE, Placed
-from review.pipeline import Escalation, FileJob, FileReview, Reviewer, ReviewOptions
-from review.prompts import resolve_mode
-from review.units import extract_units
+from phi_lsp.review import diagnostics as review_diagnostics
+from phi_lsp.review.anchor import relocate
+from phi_lsp.review.files import load_job
+from phi_lsp.review.findings import STALE, Placed
+from phi_lsp.review.pipeline import Escalation, FileJob, FileReview, Reviewer, ReviewOptions
+from phi_lsp.review.prompts import resolve_mode
+from phi_lsp.review.units import extract_units
 
-from .documents import Document, TextBuffer
-from .feature import Feature
-from .progress import ProgressReporter
-from .symbols import iter_source_files
-from .syntax import path_of
+from phi_lsp.core.documents import Document, TextBuffer
+from phi_lsp.lsp.context import ServerContext
+from phi_lsp.lsp.features.base import Feature
+from phi_lsp.lsp.progress import ProgressReporter
+from phi_lsp.core.symbols import SymbolIndex, iter_source_files
+from phi_lsp.core.syntax import path_of
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ class _Published:
 
 
 class ReviewFeature(Feature):
-    def __init__(self, server):
+    def __init__(self, server: ServerContext, index: SymbolIndex | None = None):
         super().__init__(server)
+        self.index = index
         self.reviewer = Reviewer()
         self._tasks: dict[str, asyncio.Task] = {}
         self._published: dict[str, _Published] = {}
@@ -436,8 +438,7 @@ class ReviewFeature(Feature):
         return Escalation(backend, options, service.router, self.server.settings.routing.review_min_confidence)
 
     def _lookup(self, name: str) -> list:
-        index = getattr(self.server.index, "index", None)
-        return index.lookup(name) if index is not None else []
+        return self.index.lookup(name) if self.index is not None else []
 
     def _count_tokens(self):
         try:

@@ -27,7 +27,7 @@ from typing import Iterable
 from lsprotocol import types
 from tree_sitter import Parser, Point, Tree
 
-from . import positions, syntax
+from phi_lsp.core import positions, syntax
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 

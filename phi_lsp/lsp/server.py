@@ -20,14 +20,15 @@ from pygls.capabilities import ServerCapabilitiesBuilder
 from pygls.io_ import StdinAsyncReader, StdoutWriter
 from pygls.lsp.server import LanguageServer
 
-from . import __version__, config, positions
-from .documents import DocumentStore
-from .feature import Feature
-from .model_service import UNREACHABLE, ModelService, Status
-from .privacy import PrivacyFilter, remember_secret
-from .progress import ProgressReporter
-from .protocol import PhiProtocol, read_messages
-from .syntax import path_of
+from phi_lsp import __version__
+from phi_lsp.core import settings as config, positions
+from phi_lsp.core.documents import DocumentStore
+from phi_lsp.lsp.features.base import Feature
+from phi_lsp.model.service import UNREACHABLE, ModelService, Status
+from phi_lsp.core.privacy import PrivacyFilter, remember_secret
+from phi_lsp.lsp.progress import ProgressReporter
+from phi_lsp.lsp.pygls_overrides import PhiProtocol, read_messages
+from phi_lsp.core.syntax import path_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ class PhiServer(LanguageServer):
             progress=self._model_progress,
         )
         self.features: list[Feature] = []
-        self.index: Any = None  # IndexFeature: the workspace symbol index (set in create_server)
         self._shown: set[str] = set()
         self._outage_messages: set[str] = set()
         self._startup_progress: ProgressReporter | None = None
@@ -284,27 +284,9 @@ class _StreamReader:
             return exc.partial
 
 
-def create_server(cli_settings: dict[str, Any] | None = None) -> PhiServer:
-    server = PhiServer(cli_settings)
-    _register_core(server)
-    from .completion_feature import CompletionFeature
-    from .index_feature import IndexFeature
-    from .review_feature import ReviewFeature
-
-    from .feedback_feature import FeedbackFeature
-
-    server.index = IndexFeature(server)
-    completion, review = CompletionFeature(server), ReviewFeature(server)
-    # Feedback last: it hooks into the others and reports routing and endpoint figures.
-    server.features = [server.index, completion, review, FeedbackFeature(server, completion, review)]
-    for feature in server.features:
-        register = getattr(feature, "register", None)
-        if register is not None:
-            register()
-    return server
-
-
-def _register_core(server: PhiServer) -> None:
+def register_core_handlers(server: PhiServer) -> None:
+    """The handlers the server owns itself: lifecycle, settings, document events fanned out to
+    the features, and the status/stats commands."""
     @server.feature(types.INITIALIZE)
     def initialize(ls: PhiServer, params: types.InitializeParams) -> None:
         encoding = ServerCapabilitiesBuilder.choose_position_encoding(params.capabilities)

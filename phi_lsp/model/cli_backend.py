@@ -14,14 +14,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 
-from .backend import Backend
-from .config import SettingsManager
-from .managed_vllm import ManagedVllm, ModelChoice
-
-
-def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "phi-lsp"
+from phi_lsp.core.paths import state_dir
+from phi_lsp.model.backend import Backend
+from phi_lsp.core.settings import SettingsManager
+from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
 
 
 SERVE_MODEL_FILE = "serve-model.json"
@@ -93,7 +89,7 @@ async def cli_backend(manager: SettingsManager) -> AsyncIterator[CliBackend]:
     b = settings.backend
     timeouts = dict(connect_timeout_s=b.connect_timeout_ms / 1000, request_timeout_s=b.request_timeout_ms / 1000)
     if b.endpoints:
-        from .endpoints import EndpointPool, EndpointSpec
+        from phi_lsp.model.endpoints import EndpointPool, EndpointSpec
 
         specs = [EndpointSpec.parse(b.url, (), b.api_key)] if b.url else []
         specs += [EndpointSpec.parse(e.url, e.models, e.api_key) for e in b.endpoints]

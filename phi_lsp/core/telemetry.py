@@ -11,30 +11,30 @@ Recorded (with `telemetry.enabled`, the default):
 No code, no file names: the suggestion text is kept only with `telemetry.keepText`. Rows older
 than `telemetry.retentionDays` are deleted when the store opens and every hour after.
 
-`phi-lsp stats` (run_stats) and the `phi.stats` command (summary) report acceptance rate with a
+`phi-lsp stats` (phi_lsp.cli.stats) and the `phi.stats` command (summary) report acceptance rate with a
 Wilson 95% interval, latency percentiles, cache hit rate and escalations per model and per
 prompt variant.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 import sqlite3
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from .runtime import state_dir
+from phi_lsp.core.paths import state_dir
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "feedback.sqlite3"
 PURGE_EVERY_S = 3_600
 ALL_DAYS = 3_650
+MAX_PENDING = 10_000  # events kept in memory between flushes (a flush failing for long drops more)
 COMPLETION, REVIEW, ROUTING = "completion", "review", "routing"
 ACCEPTED_EVENTS = ("accepted", "partiallyAccepted")
 CACHE_SOURCES = ("cache", "in-flight")
@@ -82,6 +82,7 @@ class FeedbackStore:
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._last_purge = 0.0
+        self._pending: list[list[Any]] = []  # recorded, not yet written (see flush)
         self.written = 0
         self.errors = 0
 
@@ -93,7 +94,10 @@ class FeedbackStore:
     def _connect(self) -> sqlite3.Connection | None:
         if self._db is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # The events can hold code (keepText): the user's eyes only.
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.path.touch(mode=0o600, exist_ok=True)
+                os.chmod(self.path, 0o600)
                 db = sqlite3.connect(str(self.path), timeout=1.0, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
@@ -107,22 +111,37 @@ class FeedbackStore:
         return self._db
 
     def record(self, kind: str, event: str, **fields: Any) -> None:
-        """One event (unknown fields are ignored; `text` is dropped unless keepText)."""
+        """One event (unknown fields are ignored; `text` is dropped unless keepText). Kept in
+        memory until `flush`: recording runs on the completion path and must not touch disk."""
         if not self.enabled:
-            return
-        db = self._connect()
-        if db is None:
             return
         row = {name: fields.get(name) for name in _COLUMNS}
         row.update(at=fields.get("at") or self._clock(), kind=kind, event=event, count=int(fields.get("count") or 1))
         if not self.keep_text:
             row["text"] = None
+        if len(self._pending) < MAX_PENDING:
+            self._pending.append([row[name] for name in _COLUMNS])
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> None:
+        """Write the recorded events in one transaction."""
+        if not self._pending or not self.enabled:
+            self._pending.clear()
+            return
+        rows, self._pending = self._pending, []
+        db = self._connect()
+        if db is None:
+            return
         try:
-            db.execute(
-                f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                [row[name] for name in _COLUMNS],
-            )
-            self.written += 1
+            with db:
+                db.execute("BEGIN")
+                db.executemany(
+                    f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", rows
+                )
+            self.written += len(rows)
         except sqlite3.Error as exc:
             self.errors += 1
             log.warning("could not record feedback: %s", exc)
@@ -144,6 +163,7 @@ class FeedbackStore:
             return 0
 
     def rows(self, days: int | None = None) -> list[dict[str, Any]]:
+        self.flush()
         db = self._connect()
         if db is None:
             return []
@@ -160,6 +180,7 @@ class FeedbackStore:
         return summary
 
     def close(self) -> None:
+        self.flush()
         if self._db is not None:
             try:
                 self._db.close()
@@ -304,84 +325,3 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "escalationsSkipped": skipped,
         "escalationsByVariant": by_variant,
     }
-
-
-# -- `phi-lsp stats` ---------------------------------------------------------------------------
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _ci(interval: list[float] | None) -> str:
-    return "" if not interval else f" ({100 * interval[0]:.1f}-{100 * interval[1]:.1f}%)"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def format_text(summary: dict[str, Any]) -> str:
-    days = summary.get("days")
-    span = "all recorded events" if not days or days >= ALL_DAYS else f"last {days} days"
-    lines = [f"phi-lsp stats: {span}, {summary['events']} events ({summary.get('path', '')})"]
-    if not summary["events"]:
-        lines.append("No events recorded yet (telemetry.enabled records completions and quick fixes locally).")
-        return "\n".join(lines) + "\n"
-    completion = summary["completion"]
-    header = (f"  {'':<28} {'shown':>6} {'accept':>6} {'partial':>7} {'reject':>6}  {'acceptance (95% CI)':<24}"
-              f" {'p50/p90/p99 ms':>16} {'cache hits':>10} {'escalated':>9}")
-    for title, table in (("Completions by model", completion["byModel"]), ("Completions by prompt variant", completion["byVariant"])):
-        lines += ["", title, header]
-        for name, f in table.items():
-            latency = "/".join(_ms(f["latencyMs"][k]) for k in ("p50", "p90", "p99"))
-            lines.append(
-                f"  {name[:28]:<28} {f['shown']:>6} {f['accepted']:>6} {f['partiallyAccepted']:>7} {f['rejected']:>6}"
-                f"  {(_pct(f['acceptanceRate']) + _ci(f['acceptanceCI95'])):<24} {latency:>16}"
-                f" {_pct(f['cacheHitRate']):>10} {f['escalated']:>9}"
-            )
-    total = completion["total"]
-    lines.append(f"  all: acceptance {_pct(total['acceptanceRate'])}{_ci(total['acceptanceCI95'])}, "
-                 f"cache hit rate {_pct(total['cacheHitRate'])}, accepted {total['acceptedChars']} of "
-                 f"{total['shownChars']} characters shown")
-    fixes = summary["review"]["fixesByModel"]
-    if fixes:
-        lines += ["", "Review quick fixes by model", f"  {'':<28} {'shown':>6} {'applied':>7} {'dismissed':>9}  apply rate (95% CI)"]
-        for model, f in fixes.items():
-            lines.append(f"  {model[:28]:<28} {f['fixesShown']:>6} {f['applied']:>7} {f['dismissed']:>9}"
-                         f"  {_pct(f['applyRate'])}{_ci(f['applyCI95'])}")
-    for title, table in (("Escalations", summary["escalations"]), ("Escalations skipped", summary["escalationsSkipped"])):
-        if table:
-            lines += ["", title]
-            for task, models in table.items():
-                for model, reasons in models.items():
-                    detail = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
-                    lines.append(f"  {task:<10} -> {model}: {detail}")
-    if summary["escalationsByVariant"]:
-        lines += ["", "Escalations by prompt variant"]
-        for variant, reasons in summary["escalationsByVariant"].items():
-            lines.append(f"  {variant}: " + ", ".join(f"{r} {c}" for r, c in sorted(reasons.items())))
-    return "\n".join(lines) + "\n"
-
-
-def run_stats(fmt: str = "text", days: int | None = None, path: Path | None = None) -> int:
-    """`phi-lsp stats`: print the local figures (exit 0; 0 as well when nothing is recorded)."""
-    if days is not None and days < 1:
-        print("phi-lsp stats: --days must be 1 or more", file=sys.stderr)
-        return 2
-    path = path or default_path()
-    if not path.is_file():
-        summary = summarize([])
-        summary.update(days=days or ALL_DAYS, path=str(path))
-    else:
-        # Reading never purges: the retention limit is the server's to apply.
-        store = FeedbackStore(path, retention_days=ALL_DAYS)
-        try:
-            summary = store.summary(days or ALL_DAYS)
-        finally:
-            store.close()
-    if fmt == "json":
-        print(json.dumps(summary, indent=2))
-    else:
-        sys.stdout.write(format_text(summary))
-    return 0

@@ -15,23 +15,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from .backend import BackendError
-from .config import SettingsManager
-from .managed_vllm import ManagedVllmError
-from .runtime import cli_backend
+from phi_lsp.core.paths import EXAMPLES
+from phi_lsp.model.backend import BackendError
+from phi_lsp.core.settings import SettingsManager
+from phi_lsp.model.managed_vllm import ManagedVllmError
+from phi_lsp.model.cli_backend import cli_backend
 
-EXAMPLE = Path(__file__).parent / "examples" / "inventory.py"
+EXAMPLE = EXAMPLES / "inventory.py"
 # (line, the text the cursor follows): lines of the example to complete.
 CUT_AFTER = [(9, "        return"), (22, "        self.items."), (29, "    return"), (14, "        json.dump(")]
 
 
 async def run_demo(manager: SettingsManager, file: str | None = None) -> int:
-    from completion.cli import complete_file
-    from review import formats
-    from review.cli import load_job
-    from review.pipeline import Reviewer, ReviewOptions
+    from phi_lsp.cli.complete import complete_file
+    from phi_lsp.review import formats
+    from phi_lsp.review.files import load_job
+    from phi_lsp.review.pipeline import Reviewer, ReviewOptions
 
-    from .tokens import TokenCounter
+    from phi_lsp.core.tokens import TokenCounter
 
     source = Path(file) if file else EXAMPLE
     with tempfile.TemporaryDirectory(prefix="phi-lsp-demo-") as tmp:

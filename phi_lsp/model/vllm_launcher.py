@@ -1,4 +1,4 @@
-"""Entry point of the managed vLLM child: `python -m phi_lsp.vllm_launcher <vLLM args>`.
+"""Entry point of the managed vLLM child: `python -m phi_lsp.model.vllm_launcher <vLLM args>`.
 
 It runs vLLM's OpenAI server in this process, after starting a watchdog that takes the whole
 process group down (vLLM's engine and worker processes included) as soon as the phi-lsp process

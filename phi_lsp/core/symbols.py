@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 from tree_sitter import Node, Tree
 
-from . import syntax
+from phi_lsp.core import syntax
 
 log = logging.getLogger(__name__)
 

@@ -3,29 +3,26 @@ methods to these hooks; an exception in one feature is logged and never reaches 
 
 from __future__ import annotations
 
-import typing
-
 from lsprotocol import types
 
-if typing.TYPE_CHECKING:
-    from .config import Settings
-    from .documents import Document
-    from .server import PhiServer
+from phi_lsp.core.documents import Document
+from phi_lsp.core.settings import Settings
+from phi_lsp.lsp.context import ServerContext
 
 
 class Feature:
-    def __init__(self, server: "PhiServer"):
+    def __init__(self, server: ServerContext):
         self.server = server
 
-    def settings_changed(self, settings: "Settings") -> None: ...
+    def settings_changed(self, settings: Settings) -> None: ...
 
-    def document_opened(self, document: "Document") -> None: ...
+    def document_opened(self, document: Document) -> None: ...
 
     def document_changed(
-        self, document: "Document", params: types.DidChangeTextDocumentParams
+        self, document: Document, params: types.DidChangeTextDocumentParams
     ) -> None: ...
 
-    def document_saved(self, document: "Document") -> None: ...
+    def document_saved(self, document: Document) -> None: ...
 
     def document_closed(self, uri: str) -> None: ...
 

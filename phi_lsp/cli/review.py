@@ -15,15 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from phi_lsp import positions, syntax
-from phi_lsp.config import SettingsManager
-from phi_lsp.documents import Snapshot
-from phi_lsp.privacy import PrivacyFilter
-from phi_lsp.symbols import MAX_FILE_BYTES, SymbolIndex, iter_source_files
+from phi_lsp.core.settings import SettingsManager
+from phi_lsp.core.privacy import PrivacyFilter
+from phi_lsp.core.symbols import SymbolIndex, iter_source_files
 
-from . import formats
-from .pipeline import Escalation, FileJob, Reviewer, ReviewOptions
-from .prompts import resolve_mode
+from phi_lsp.review import formats
+from phi_lsp.review.files import load_job
+from phi_lsp.review.pipeline import Escalation, Reviewer, ReviewOptions
+from phi_lsp.review.prompts import resolve_mode
 
 MAX_CLI_FILES = 5_000
 
@@ -77,28 +76,12 @@ def collect_files(paths: list[str], privacy: PrivacyFilter) -> tuple[list[Path],
     return files[:MAX_CLI_FILES], problems
 
 
-def load_job(path: Path) -> FileJob | None:
-    """A file as a review job (None when it has no grammar or cannot be read)."""
-    language = syntax.language_for(str(path))
-    if language is None:
-        return None
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return None
-        source = path.read_bytes()
-    except OSError:
-        return None
-    tree = syntax.parse(language, source)
-    snapshot = Snapshot(path.resolve().as_uri(), 0, language, source, tree, positions.UTF16)
-    return FileJob(snapshot, formats.display_path(str(path)))
-
-
 async def run_review(
     manager: SettingsManager, paths: list[str], fmt: str = "text", fail_on: str = "never", progress: bool = True
 ) -> int:
-    from phi_lsp.managed_vllm import ManagedVllmError
-    from phi_lsp.runtime import cli_backend
-    from phi_lsp.tokens import TokenCounter
+    from phi_lsp.model.managed_vllm import ManagedVllmError
+    from phi_lsp.model.cli_backend import cli_backend
+    from phi_lsp.core.tokens import TokenCounter
 
     settings = manager.settings
     privacy = PrivacyFilter(settings.privacy, [Path.cwd()])
@@ -149,7 +132,7 @@ async def run_review(
 
 def cli_escalation(settings, cb) -> Escalation | None:
     """review.escalationModel when backend.endpoints lists it (docs/ROUTING.md)."""
-    from phi_lsp.routing import Router
+    from phi_lsp.model.escalation import Router
 
     name = settings.review.escalation_model
     pool = cb.pool

@@ -11,18 +11,18 @@ from pathlib import Path
 
 from lsprotocol import types
 
-from phi_lsp import positions
-from phi_lsp.batching import Batcher
-from phi_lsp.backend import BackendError
-from phi_lsp.config import SettingsManager
-from phi_lsp.documents import Document
-from phi_lsp.managed_vllm import ManagedVllmError
-from phi_lsp.privacy import PrivacyFilter
-from phi_lsp.runtime import cli_backend
-from phi_lsp.symbols import SymbolIndex
-from phi_lsp.tokens import TokenCounter
+from phi_lsp.core import positions
+from phi_lsp.model.batching import Batcher
+from phi_lsp.model.backend import BackendError
+from phi_lsp.core.settings import SettingsManager
+from phi_lsp.core.documents import Document
+from phi_lsp.model.managed_vllm import ManagedVllmError
+from phi_lsp.core.privacy import PrivacyFilter
+from phi_lsp.model.cli_backend import cli_backend
+from phi_lsp.core.symbols import SymbolIndex
+from phi_lsp.core.tokens import TokenCounter
 
-from .service import INVOKED, CompletionService, Model, Request
+from phi_lsp.completion.service import INVOKED, CompletionService, Model, Request
 
 
 def parse_location(location: str) -> tuple[Path, int, int]:

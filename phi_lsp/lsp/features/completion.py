@@ -19,11 +19,13 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from completion.context import Snippet
-from completion.service import AUTO, INVOKED, CompletionService, Model, Request
+from phi_lsp.completion.context import Snippet
+from phi_lsp.completion.service import AUTO, INVOKED, CompletionService, Model, Request
 
-from .feature import Feature
-from .syntax import path_of
+from phi_lsp.core.symbols import SymbolIndex
+from phi_lsp.lsp.context import ServerContext
+from phi_lsp.lsp.features.base import Feature
+from phi_lsp.core.syntax import path_of
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,12 @@ MAX_SHOWN = 500
 
 
 class CompletionFeature(Feature):
-    def __init__(self, server):
+    def __init__(self, server: ServerContext, index: SymbolIndex | None = None):
         super().__init__(server)
         self.service = CompletionService(
             model=self._model,
             settings=lambda: server.settings.completion,
-            index=server.index.index if server.index is not None else None,
+            index=index,
             recent=self._recent_snippets,
             clean=server.privacy.clean,
             display=self.display_path,
