@@ -88,7 +88,10 @@ def test_pyproject_table(tmp_path):
         '[tool.phi-lsp]\nbackend.url = "http://x:1/v1"\n[tool.phi-lsp.completion]\nmaxTokens = 12\n'
     )
     (tmp_path / "src").mkdir()
-    manager, problems = config.load_for_cli(None, tmp_path / "src", None, "flag-model", env={})
+    manager = SettingsManager()
+    problems = config.load_settings(
+        manager, tmp_path / "src", flags=config.from_flags(None, "flag-model"), env={}, workspace_trusted=True
+    )
     assert problems == []
     assert manager.settings.backend.url == "http://x:1/v1"
     assert manager.settings.completion.max_tokens == 12
@@ -97,7 +100,8 @@ def test_pyproject_table(tmp_path):
 
 def test_broken_pyproject_is_one_message(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.phi-lsp\n")
-    manager, problems = config.load_for_cli(None, tmp_path, None, None, env={})
+    manager = SettingsManager()
+    problems = config.load_settings(manager, tmp_path, env={})
     assert len(problems) == 1 and "Could not read" in problems[0]
     assert manager.settings == config.Settings()
 
@@ -110,3 +114,106 @@ def test_endpoints():
     assert [e.url for e in m.settings.backend.endpoints] == ["http://a:1/v1", "http://b:2/v1"]
     assert m.settings.backend.endpoints[1].models == ("large",)
     assert m.set_source("initializationOptions", {"backend": {"endpoints": [{"models": []}]}})
+
+
+# -- workspace trust --------------------------------------------------------------------------
+
+EVIL_PYPROJECT = """
+[tool.phi-lsp]
+backend.url = "http://attacker.example:8000/v1"
+backend.apiKey = "stolen"
+managed.python = "./evil.sh"
+managed.extraArgs = ["--evil"]
+completion.maxTokens = 12
+"""
+
+
+def test_untrusted_workspace_cannot_choose_the_backend_or_run_a_program(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "pyproject.toml").write_text(EVIL_PYPROJECT)
+    manager = SettingsManager()
+    problems = config.load_settings(manager, tmp_path / "repo", env={})
+    s = manager.settings
+    assert s.backend.url is None and s.backend.api_key is None
+    assert s.managed.python is None and s.managed.extra_args == ()
+    assert s.completion.max_tokens == 12  # harmless keys still apply
+    assert manager.untrusted_keys() == ["backend.url", "backend.apiKey", "managed.python", "managed.extraArgs"]
+    assert len(problems) == 1
+    assert "not trusted" in problems[0] and "backend.url" in problems[0] and "phi-lsp trust" in problems[0]
+    assert "stolen" not in problems[0]
+
+
+def test_trusted_workspace_and_the_editors_word(tmp_path, monkeypatch):
+    from phi_lsp.core import trust
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text(EVIL_PYPROJECT)
+    trust.set_trusted(repo)
+    assert oct(trust.trust_file().stat().st_mode & 0o777) == "0o600"
+    manager = SettingsManager()
+    assert config.load_settings(manager, repo / "sub", env={}) == []
+    assert manager.settings.managed.python == "./evil.sh"
+    # The editor's word wins over the store, both ways.
+    manager = SettingsManager()
+    config.load_settings(manager, repo, env={}, workspace_trusted=False)
+    assert manager.settings.backend.url is None
+    trust.set_trusted(repo, False)
+    manager = SettingsManager()
+    config.load_settings(manager, repo, env={}, workspace_trusted=True)
+    assert manager.settings.backend.url == "http://attacker.example:8000/v1"
+    assert not trust.is_trusted(repo)
+
+
+def test_a_link_to_a_trusted_folder_is_judged_by_its_target(tmp_path, monkeypatch):
+    from phi_lsp.core import trust
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "theirs").mkdir()
+    trust.set_trusted(tmp_path / "mine")
+    (tmp_path / "link").symlink_to(tmp_path / "mine")
+    assert trust.is_trusted(tmp_path / "link")
+    assert not trust.is_trusted(tmp_path / "theirs")
+    assert not trust.is_trusted(tmp_path)  # trusting a folder trusts what is below, not above
+
+
+def test_editor_trust_travels_beside_the_settings():
+    assert config.split_client_options({"workspaceTrusted": True, "phiLsp": {"backend": {"url": "http://a/v1"}}}) == (
+        {"backend": {"url": "http://a/v1"}}, True)
+    assert config.split_client_options({"backend": {"kind": "openai"}, "workspaceTrusted": False}) == (
+        {"backend": {"kind": "openai"}}, False)
+    assert config.split_client_options({"workspaceTrusted": "yes"}) == ({}, None)
+    assert config.split_client_options(None) == (None, None)
+
+
+# -- precedence: every source, the same for the server and the command line -------------------
+
+PRECEDENCE_KEYS = ("completion.maxTokens", "completion.debounceMs", "review.maxFindingsPerFile", "backend.url",
+                   "backend.kind", "backend.apiKey")
+
+
+def test_precedence_of_file_environment_and_flags(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.phi-lsp]\ncompletion.maxTokens = 11\ncompletion.debounceMs = 11\nbackend.kind = "openai"\n'
+    )
+    config_file = tmp_path / "user.toml"
+    config_file.write_text(
+        'backend.url = "http://file:1/v1"\nbackend.kind = "openai"\nbackend.apiKey = "file-key"\n'
+        "completion.maxTokens = 22\n"
+    )
+    env = {"PHI_LSP_BACKEND_URL": "http://env:2/v1", "PHI_LSP_MODEL": "env-model"}
+    flags = config.from_flags("http://flag:3/v1", None)
+    # --config takes the place of the workspace's pyproject.toml; env beats it; flags beat env;
+    # the merge is key by key (backend.kind and backend.apiKey survive a flag's backend.url).
+    manager = SettingsManager()
+    assert config.load_settings(manager, tmp_path, config_file=config_file, flags=flags, env=env) == []
+    s = manager.settings
+    assert (s.backend.url, s.backend.kind, s.backend.api_key) == ("http://flag:3/v1", "openai", "file-key")
+    assert s.completion.max_tokens == 22 and s.completion.debounce_ms == 60  # pyproject not read
+    assert s.completion.model == "env-model"
+    origins = manager.origins()
+    assert origins["backend.url"] == "command line" and origins["backend.apiKey"] == "--config"
+    assert origins["completion.model"] == "environment"

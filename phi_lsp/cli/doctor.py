@@ -30,6 +30,10 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
         section, name = key.split(".", 1)
         source = origins.get(key)
         say(f"  {key} = {values[section][name]!r}" + (f"  [{source}]" if source else ""))
+    untrusted = manager.untrusted_keys()
+    if untrusted:
+        say(f"  ignored from the untrusted workspace: {', '.join(untrusted)} "
+            "(`phi-lsp trust` in the workspace folder allows them)")
     say()
 
     b = settings.backend

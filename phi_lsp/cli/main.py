@@ -7,6 +7,7 @@
   phi-lsp serve-model                     start the managed vLLM and wait
   phi-lsp demo                            a completion and a review of an example file
   phi-lsp stats                           acceptance, latency and routing figures
+  phi-lsp trust [PATH]                    let PATH's pyproject.toml set backend.* and managed.*
 
 Global flags (--backend-url, --model, --config, --log-file, -v) go before or after the command.
 """
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--format", choices=("text", "json"), default="text")
     stats.add_argument("--days", type=int, default=None, help="only the last N days")
     _global_flags(stats, True)
+
+    trust = commands.add_parser(
+        "trust", help="trust a workspace folder: its pyproject.toml may then set backend.* and managed.*"
+    )
+    trust.add_argument("path", nargs="?", default=".", help="the folder (default: the current one)")
+    trust.add_argument("--remove", action="store_true", help="stop trusting it")
+    trust.add_argument("--list", action="store_true", help="list the trusted folders")
+    _global_flags(trust, True)
     return parser
 
 
@@ -129,11 +138,31 @@ def _main(argv: list[str] | None) -> int:
         from phi_lsp.cli.stats import run_stats
 
         return run_stats(args.format, args.days)
+    if command == "trust":
+        return run_trust(args.path, args.remove, args.list)
     raise AssertionError(command)
 
 
+def run_trust(path: str, remove: bool, list_only: bool) -> int:
+    from phi_lsp.core import trust
+
+    if not list_only:
+        folder = Path(path)
+        if not folder.is_dir():
+            print(f"phi-lsp trust: {path} is not a folder", file=sys.stderr)
+            return 2
+        folder = trust.set_trusted(folder, not remove)
+        print(f"{'No longer trusted' if remove else 'Trusted'}: {folder}")
+    for folder in trust.trusted_folders():
+        print(f"  {folder}")
+    return 0
+
+
 def _cli_settings(args: argparse.Namespace) -> config.SettingsManager:
-    manager, problems = config.load_for_cli(args.config, Path.cwd(), args.backend_url, args.model)
+    manager = config.SettingsManager()
+    problems = config.load_settings(
+        manager, Path.cwd(), config_file=args.config, flags=config.from_flags(args.backend_url, args.model)
+    )
     for problem in problems:
         print(f"phi-lsp: {problem}", file=sys.stderr)
     return manager
@@ -142,13 +171,7 @@ def _cli_settings(args: argparse.Namespace) -> config.SettingsManager:
 def run_server(args: argparse.Namespace) -> int:
     from phi_lsp.lsp.setup import create_server
 
-    cli_settings = config.from_flags(args.backend_url, args.model)
-    if getattr(args, "config", None):
-        raw, problems = config.from_toml_file(Path(args.config))
-        for problem in problems:
-            logging.getLogger(__name__).warning(problem)
-        cli_settings = {**config.nest(raw or {}), **config.nest(cli_settings)}
-    server = create_server(cli_settings)
+    server = create_server(args.config, config.from_flags(args.backend_url, args.model))
     tcp = getattr(args, "tcp", None)
     if tcp:
         host, _, port = tcp.rpartition(":")

@@ -1,9 +1,15 @@
 """Settings: one typed, fully defaulted tree, filled from several sources.
 
-Sources, lowest to highest precedence (DESIGN.md):
+Sources, lowest to highest precedence (DESIGN.md, README):
   defaults < [tool.phi-lsp] in the workspace's pyproject.toml (or --config FILE)
   < environment (PHI_LSP_BACKEND_URL, PHI_LSP_MODEL, PHI_LSP_API_KEY) < command-line flags
   < LSP initializationOptions < workspace/didChangeConfiguration.
+`load_settings` fills the sources below the editor's for the server and the command line
+alike, so the two cannot rank them differently.
+
+The workspace's pyproject.toml is the repository author's, not the user's: from it, the
+sections that run a program or decide where code is sent (GUARDED_SECTIONS) are taken only when
+the user trusts the workspace (phi_lsp.core.trust); otherwise they are reported and ignored.
 
 Keys are camelCase and nested ("completion.debounceMs"); dotted keys are accepted too. Each
 source is validated on its own: a bad value is reported once, in words, and dropped, so the
@@ -21,9 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from phi_lsp.core.trust import is_trusted
+
 DEFAULT_MODEL = "microsoft/Phi-4-mini-instruct"
 DEMO_MODEL = "phi-code-tiny"
 CONTEXT_SOURCES = ("suffix", "imports", "scopes", "symbols", "recent")
+# Sections a workspace may set only when trusted: managed.* runs a program, backend.* decides
+# where code goes (and with which key).
+GUARDED_SECTIONS = ("backend", "managed")
+PYPROJECT = "pyproject.toml"
+CONFIG_FILE = "--config"
 
 
 def _opt(default, kind: str, **rules) -> Any:
@@ -258,9 +271,13 @@ class Layer:
     source: str
     values: dict[str, dict[str, Any]]
     problems: list[str]
+    # Keys left out because the source may not set them (an untrusted workspace's backend.url).
+    untrusted_keys: list[str] = field(default_factory=list)
 
 
-def validate(source: str, raw: Mapping[str, Any] | None) -> Layer:
+def validate(source: str, raw: Mapping[str, Any] | None, trusted: bool = True) -> Layer:
+    """One source's values, checked key by key. With `trusted` false, keys of GUARDED_SECTIONS
+    are left out and listed in `untrusted_keys` (with one problem saying so)."""
     values: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     if raw is None:
@@ -268,6 +285,7 @@ def validate(source: str, raw: Mapping[str, Any] | None) -> Layer:
     if not isinstance(raw, Mapping):
         problems.append(f"phi-lsp settings from {source} must be an object; ignored them.")
         return Layer(source, values, problems)
+    untrusted: list[str] = []
     for section, entries in nest(raw).items():
         if isinstance(entries, list) and not entries:
             entries = {}  # an empty Lua table arrives as [] from Neovim
@@ -283,6 +301,9 @@ def validate(source: str, raw: Mapping[str, Any] | None) -> Layer:
                     f"Unknown phi-lsp setting `{section}.{key}` (from {source}); ignored it."
                 )
                 continue
+            if not trusted and section in GUARDED_SECTIONS:
+                untrusted.append(f"{section}.{key}")
+                continue
             try:
                 checked = _check(value, f.metadata)
                 if checked is not None:  # null: leave the key to lower sources / the default
@@ -292,7 +313,17 @@ def validate(source: str, raw: Mapping[str, Any] | None) -> Layer:
                     f"Invalid phi-lsp setting `{section}.{key}` = {_describe(value, f.metadata)}"
                     f" (from {source}): it {why}. Using the previous value instead."
                 )
-    return Layer(source, values, problems)
+    if untrusted:
+        problems.append(untrusted_message(source, untrusted))
+    return Layer(source, values, problems, untrusted)
+
+
+def untrusted_message(source: str, keys: list[str]) -> str:
+    return (
+        f"This workspace is not trusted, so phi-lsp ignored {', '.join(keys)} from its {source}: "
+        "these settings can run a program or send your code to another server. If you wrote "
+        "them, trust the folder with `phi-lsp trust` (in VS Code: trust the workspace)."
+    )
 
 
 def build(layers: list[Layer]) -> Settings:
@@ -372,12 +403,29 @@ def unwrap_client_settings(settings: Any) -> Any:
     return settings
 
 
+TRUST_OPTION = "workspaceTrusted"
+
+
+def split_client_options(options: Any) -> tuple[Any, bool | None]:
+    """(settings, the editor's word on workspace trust) from what an editor sends: its
+    `workspaceTrusted` sits beside the settings or inside their section; None when absent."""
+    settings = unwrap_client_settings(options)
+    trusted = None
+    for holder in (options, settings):
+        if isinstance(holder, Mapping) and isinstance(holder.get(TRUST_OPTION), bool):
+            trusted = holder[TRUST_OPTION]
+    if isinstance(settings, Mapping) and TRUST_OPTION in settings:
+        settings = {k: v for k, v in settings.items() if k != TRUST_OPTION}
+    return settings, trusted
+
+
 class SettingsManager:
     """Keeps each source's layer so that a later change of one source recomputes the rest."""
 
     ORDER = (
         "defaults",
-        "pyproject.toml",
+        PYPROJECT,
+        CONFIG_FILE,  # takes the place of the workspace's pyproject.toml
         "environment",
         "command line",
         "initializationOptions",
@@ -388,9 +436,9 @@ class SettingsManager:
         self._layers: dict[str, Layer] = {}
         self.settings = Settings()
 
-    def set_source(self, source: str, raw: Mapping[str, Any] | None) -> list[str]:
+    def set_source(self, source: str, raw: Mapping[str, Any] | None, trusted: bool = True) -> list[str]:
         """Replace one source's values; returns the problems found in them."""
-        layer = validate(source, raw)
+        layer = validate(source, raw, trusted)
         self._layers[source] = layer
         self.settings = build(self.layers())
         return layer.problems
@@ -401,26 +449,37 @@ class SettingsManager:
     def origins(self) -> dict[str, str]:
         return origins(self.layers())
 
+    def untrusted_keys(self) -> list[str]:
+        """Keys a source set but may not (an untrusted workspace's backend.url, ...)."""
+        return [key for layer in self.layers() for key in layer.untrusted_keys]
 
-def load_for_cli(
-    config_file: str | None,
-    workspace: Path,
-    backend_url: str | None,
-    model: str | None,
+
+def load_settings(
+    manager: SettingsManager,
+    workspace: Path | None,
+    *,
+    config_file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
-) -> tuple[SettingsManager, list[str]]:
-    """Settings for a command-line run (no editor): file, environment, flags."""
-    manager = SettingsManager()
+    workspace_trusted: bool | None = None,
+) -> list[str]:
+    """Fill the sources below the editor's: the workspace's pyproject.toml (or, instead, the
+    --config FILE the user named), the environment, the command-line flags. The server (at
+    initialize) and every command-line entry point call this; returns the problems found.
+
+    `workspace_trusted`: the editor's word on the workspace; None asks phi-lsp's trust store.
+    """
     problems: list[str] = []
-    path = Path(config_file) if config_file else find_pyproject(workspace)
-    if path is not None:
-        raw, read_problems = from_toml_file(path)
-        problems += read_problems
-        # A --config file takes the place of the workspace's pyproject.toml.
-        problems += manager.set_source("pyproject.toml", raw)
+    if config_file is not None:
+        raw, read_problems = from_toml_file(Path(config_file))
+        problems += read_problems + manager.set_source(CONFIG_FILE, raw)  # the user's own file
+    elif workspace is not None and (pyproject := find_pyproject(workspace)) is not None:
+        raw, read_problems = from_toml_file(pyproject)
+        trusted = workspace_trusted if workspace_trusted is not None else is_trusted(pyproject.parent)
+        problems += read_problems + manager.set_source(PYPROJECT, raw, trusted=trusted)
     problems += manager.set_source("environment", from_environment(env))
-    problems += manager.set_source("command line", from_flags(backend_url, model))
-    return manager, problems
+    problems += manager.set_source("command line", dict(flags or {}))
+    return problems
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

@@ -39,11 +39,15 @@ PARENT_POLL_S = 2.0
 class PhiServer(LanguageServer):
     protocol: PhiProtocol
 
-    def __init__(self, cli_settings: dict[str, Any] | None = None):
+    def __init__(self, config_file: str | None = None, flags: dict[str, Any] | None = None):
         super().__init__("phi-lsp", __version__, protocol_cls=PhiProtocol, max_workers=4)
         self.documents = DocumentStore()
         self.settings_manager = config.SettingsManager()
-        self.cli_settings = cli_settings or {}
+        # What the process was started with (--config FILE, --backend-url, --model); read with
+        # the workspace's own settings at initialize (config.load_settings).
+        self.config_file = config_file
+        self.flags = flags or {}
+        self.editor_trust: bool | None = None  # initializationOptions.workspaceTrusted
         self.privacy = PrivacyFilter()
         self.workspace_roots: list[Path] = []
         self.service = ModelService(
@@ -213,22 +217,30 @@ class PhiServer(LanguageServer):
             _isolated(feature.settings_changed, settings)
 
     def load_initial_settings(self, initialization_options: Any) -> None:
-        problems: list[str] = []
-        pyproject = next(
-            (config.find_pyproject(root) for root in self.workspace_roots if config.find_pyproject(root)),
-            None,
+        options, self.editor_trust = config.split_client_options(initialization_options)
+        self._load_lower_sources()
+        self.apply_settings_source("initializationOptions", options)
+
+    def _load_lower_sources(self) -> None:
+        """The workspace's pyproject.toml (or --config), environment and flags."""
+        problems = config.load_settings(
+            self.settings_manager,
+            self.workspace_roots[0] if self.workspace_roots else None,
+            config_file=self.config_file,
+            flags=self.flags,
+            workspace_trusted=self.editor_trust,
         )
-        if pyproject is not None:
-            raw, read_problems = config.from_toml_file(pyproject)
-            problems += read_problems
-            problems += self.settings_manager.set_source("pyproject.toml", raw)
-        problems += self.settings_manager.set_source("environment", config.from_environment())
-        problems += self.settings_manager.set_source("command line", self.cli_settings)
         for problem in problems:
             self.show_message_once(problem, types.MessageType.Warning)
-        self.apply_settings_source(
-            "initializationOptions", config.unwrap_client_settings(initialization_options)
-        )
+
+    def editor_settings_changed(self, raw: Any) -> None:
+        """workspace/didChangeConfiguration: the editor's settings, and maybe its trust."""
+        settings, trusted = config.split_client_options(raw)
+        if trusted is not None and trusted != self.editor_trust:
+            self.editor_trust = trusted  # e.g. VS Code: the user trusted the workspace just now
+            self._load_lower_sources()
+        if settings is not None:
+            self.apply_settings_source("workspace/didChangeConfiguration", settings)
 
     # -- editor lifetime -------------------------------------------------------------------
 
@@ -309,8 +321,8 @@ def register_core_handlers(server: PhiServer) -> None:
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: PhiServer, params: types.DidChangeConfigurationParams) -> None:
-        settings = config.unwrap_client_settings(params.settings)
-        if not settings and _supports_configuration_pull(ls):
+        settings = params.settings
+        if not config.unwrap_client_settings(settings) and _supports_configuration_pull(ls):
             # Pull model: the notification only says "something changed".
             try:
                 answer = await ls.workspace_configuration_async(
@@ -322,7 +334,7 @@ def register_core_handlers(server: PhiServer) -> None:
                 return
         if settings is None:
             return
-        ls.apply_settings_source("workspace/didChangeConfiguration", settings)
+        ls.editor_settings_changed(settings)
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: PhiServer, params: types.DidOpenTextDocumentParams) -> None:
@@ -370,6 +382,10 @@ def collect_stats(ls: PhiServer) -> dict:
     batcher = ls.service.batcher
     result: dict[str, Any] = {
         "status": ls.service.status.as_json(),
+        # What `phi-lsp doctor` prints: the settings in effect (secrets hidden) and their sources.
+        "settings": config.redacted(ls.settings),
+        "settingsSources": ls.settings_manager.origins(),
+        "untrustedKeys": ls.settings_manager.untrusted_keys(),
         "documents": len(ls.documents),
         "uptimeSeconds": round(time.monotonic() - ls.started_at, 1),
         "backend": None

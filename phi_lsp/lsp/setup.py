@@ -13,8 +13,9 @@ from phi_lsp.lsp.features.review import ReviewFeature
 from phi_lsp.lsp.server import PhiServer, register_core_handlers
 
 
-def create_server(cli_settings: dict[str, Any] | None = None) -> PhiServer:
-    server = PhiServer(cli_settings)
+def create_server(config_file: str | None = None, flags: dict[str, Any] | None = None) -> PhiServer:
+    """The server with its features; `config_file` and `flags` are the command line's."""
+    server = PhiServer(config_file, flags)
     register_core_handlers(server)
     index = IndexFeature(server)
     completion = CompletionFeature(server, index.index)
