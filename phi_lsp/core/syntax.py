@@ -11,7 +11,7 @@ import logging
 import posixpath
 from dataclasses import dataclass, field
 from functools import lru_cache
-from urllib.parse import unquote, urlparse
+from pygls import uris
 
 from tree_sitter import Node, Parser, Tree
 
@@ -169,9 +169,12 @@ def spec_for(language: str | None) -> LanguageSpec:
 
 
 def path_of(uri: str) -> str:
-    """The path part of a URI (or the string itself if it is a plain path)."""
-    parsed = urlparse(uri)
-    return unquote(parsed.path) if parsed.scheme else uri
+    """The file-system path of a file: URI (pygls' reading, Windows drive letters included);
+    the path part of any other URI (untitled:, notebook cells); a plain path as it is."""
+    if uris.uri_scheme(uri) == "file":
+        return uris.to_fs_path(uri) or uri
+    scheme, _, path, *_ = uris.urlparse(uri)
+    return path if scheme else uri
 
 
 def language_for(uri: str, language_id: str | None = None) -> str | None:

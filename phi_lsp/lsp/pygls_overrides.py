@@ -1,14 +1,31 @@
-"""JSON-RPC/LSP plumbing on top of pygls, made strict where the spec is strict and forgiving
-where a client can be wrong:
+"""Every place phi-lsp overrides pygls internals, each with its reason (and the upstream pygls
+issue where one exists). Nothing else in phi-lsp reaches into pygls' private parts.
 
-- our own document store: didOpen/didChange/didClose go to `server.documents` (UTF-8 bytes and
-  an incrementally edited tree-sitter tree) instead of pygls' workspace text;
-- lifecycle: requests before `initialize` get ServerNotInitialized (-32002), requests after
-  `shutdown` get InvalidRequest (-32600); `exit` ends the loop with 0 after shutdown, 1 without;
-- positions in requests are normalized (past the end, inside a character) before handlers;
-- the message reader answers malformed JSON with ParseError (-32700), a request it cannot
-  decode with InvalidParams (-32602) or InvalidRequest, and resynchronises after a wrong
-  Content-Length instead of losing every later message.
+- Document sync (PhiProtocol.lsp_text_document__did_*): didOpen/didChange/didClose go to our
+  own store (UTF-8 bytes plus an incrementally edited tree-sitter tree). pygls applies edits to
+  its own text first and splits lines with str.splitlines (form feed, U+2028 ... are not LSP
+  line ends), so a tree kept beside it would drift.
+- Lifecycle (handle_message, _lifecycle_error): requests before `initialize` get
+  ServerNotInitialized (-32002), after `shutdown` InvalidRequest (-32600), as the spec says;
+  pygls runs them.
+- Exit (lsp_exit): pygls calls sys.exit() inside the event loop, so async cleanup (stopping the
+  managed vLLM) never runs and the exit code is lost (openlawlibrary/pygls#433, #118); we end the
+  loop instead and exit 0 after shutdown, 1 without.
+- Notification futures (_execute_handler): pygls files a future per notification and per step
+  of a generator handler under a made-up id in _request_futures and never removes it (about
+  30 MB per 5,000 keystrokes; the same family as openlawlibrary/pygls#607 and #608). Dropped
+  once done. The same override cancels an async command's step when its request is cancelled
+  (pygls answered RequestCancelled but let phi.reviewWorkspace run on).
+- Cancellation (_handle_cancel_notification): a $/cancelRequest for an answered request is an
+  ordinary race; pygls warns on stderr for each (thousands per typing session). Ignored quietly.
+- Positions (_normalize_position): a position past the end of a line or the document, or inside
+  a character, becomes the position it means before any handler sees it.
+- Message reading (read_messages, receive, StreamReader): malformed JSON gets ParseError
+  (-32700), a request that cannot be decoded InvalidParams (-32602) or InvalidRequest, a wrong
+  Content-Length costs one message instead of the session, and an absurd one is never read
+  into memory; pygls' reader drops the connection or raises.
+- Error reports (QuietLanguageServer.report_server_error): pygls pops up a window message for
+  every failed notification handler; we log it.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ from typing import Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.json_rpc import JsonRPCProtocol
 from pygls.protocol.language_server import lsp_method
@@ -226,3 +244,25 @@ async def read_messages(reader: Any, protocol: PhiProtocol) -> None:
             except Exception:  # one bad message must not end the session
                 log.exception("failed to handle a message")
         await asyncio.sleep(0)  # let handlers scheduled by this message start
+
+
+class StreamReader:
+    """asyncio.StreamReader with pygls' reader interface (for --tcp), EOF as empty bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self._reader = reader
+
+    async def readline(self) -> bytes:
+        return await self._reader.readline()
+
+    async def readexactly(self, n: int) -> bytes:
+        try:
+            return await self._reader.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+
+
+class QuietLanguageServer(LanguageServer):
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        # pygls would pop up a message for every failed notification; log it instead.
+        log.error("internal error (%s): %s", getattr(source, "__name__", source), error)

@@ -18,7 +18,6 @@ from typing import Any
 from lsprotocol import types
 from pygls.capabilities import ServerCapabilitiesBuilder
 from pygls.io_ import StdinAsyncReader, StdoutWriter
-from pygls.lsp.server import LanguageServer
 
 from phi_lsp import __version__
 from phi_lsp.core import settings as config, positions
@@ -27,7 +26,7 @@ from phi_lsp.lsp.features.base import Feature
 from phi_lsp.model.service import UNREACHABLE, ModelService, Status
 from phi_lsp.core.privacy import PrivacyFilter, remember_secret
 from phi_lsp.lsp.progress import ProgressReporter
-from phi_lsp.lsp.pygls_overrides import PhiProtocol, read_messages
+from phi_lsp.lsp.pygls_overrides import PhiProtocol, QuietLanguageServer, StreamReader, read_messages
 from phi_lsp.core.syntax import path_of
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ STATUS_NOTIFICATION = "phi/status"
 PARENT_POLL_S = 2.0
 
 
-class PhiServer(LanguageServer):
+class PhiServer(QuietLanguageServer):
     protocol: PhiProtocol
 
     def __init__(self, config_file: str | None = None, flags: dict[str, Any] | None = None):
@@ -87,7 +86,7 @@ class PhiServer(LanguageServer):
                 connected.set()
                 self.protocol.set_writer(writer)
                 try:
-                    await read_messages(_StreamReader(reader), self.protocol)
+                    await read_messages(StreamReader(reader), self.protocol)
                 finally:
                     self.stop_serving()
 
@@ -160,10 +159,6 @@ class PhiServer(LanguageServer):
 
     def forget_message(self, text: str) -> None:
         self._shown.discard(text)
-
-    def report_server_error(self, error: Exception, source: Any) -> None:
-        # pygls would pop up a message for every failed notification; log it instead.
-        log.error("internal error (%s): %s", getattr(source, "__name__", source), error)
 
     def _warn_from_service(self, text: str) -> None:
         # The model service warns about an outage right after the status turns "unreachable".
@@ -278,22 +273,6 @@ def _isolated(hook, *args) -> Any:
     except Exception:
         log.exception("feature hook %s failed", getattr(hook, "__qualname__", hook))
         return None
-
-
-class _StreamReader:
-    """asyncio.StreamReader with pygls' reader interface and EOF as empty bytes."""
-
-    def __init__(self, reader: asyncio.StreamReader):
-        self._reader = reader
-
-    async def readline(self) -> bytes:
-        return await self._reader.readline()
-
-    async def readexactly(self, n: int) -> bytes:
-        try:
-            return await self._reader.readexactly(n)
-        except asyncio.IncompleteReadError as exc:
-            return exc.partial
 
 
 def register_core_handlers(server: PhiServer) -> None:
