@@ -12,9 +12,9 @@ from pathlib import Path
 
 
 class RawServer:
-    def __init__(self, *args: str, env: dict | None = None, cwd: Path | None = None):
+    def __init__(self, *args: str, env: dict | None = None, cwd: Path | None = None, command: list[str] | None = None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "phi_lsp", *args],
+            [*(command or [sys.executable, "-m", "phi_lsp"]), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
