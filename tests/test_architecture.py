@@ -80,3 +80,31 @@ def test_no_module_names_the_old_top_level_packages():
                 if stripped.startswith(("from completion", "from review", "import completion", "import review")):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {stripped}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_wheel_holds_one_top_level_package_that_imports(tmp_path):
+    """A wheel (what `pip install phi-lsp` installs) lays completion/ and review/ inside phi_lsp,
+    and the whole package imports from it with nothing of the checkout on the path."""
+    import zipfile
+
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = tmp_path.glob("phi_lsp-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        top_level = next(n for n in names if n.endswith("top_level.txt"))
+        assert archive.read(top_level).decode().split() == ["phi_lsp"]
+        archive.extractall(tmp_path / "site")
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"phi_lsp"}
+    assert "phi_lsp/completion/service.py" in names and "phi_lsp/review/pipeline.py" in names
+    check = subprocess.run(
+        [sys.executable, "-P", "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); "
+         "import phi_lsp.lsp.setup, phi_lsp.cli.main, phi_lsp.completion.service, phi_lsp.review.pipeline; "
+         "assert phi_lsp.completion.service.__file__.startswith(sys.argv[1]), phi_lsp.completion.service.__file__", str(tmp_path / "site")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert check.returncode == 0, check.stderr
