@@ -148,6 +148,7 @@ class CompletionService:
         index: SymbolIndex | None = None,
         recent: Callable[[str], list[Snippet]] = lambda uri: [],
         clean: Callable[[str], str] = lambda text: text,
+        sendable: Callable[[Snapshot], Snapshot] = lambda snapshot: snapshot,
         display: Callable[[str], str] = lambda path: path,
         escalation: Callable[[], Model | None] = lambda: None,
         router: Router | None = None,
@@ -159,6 +160,7 @@ class CompletionService:
         self.index = index
         self._recent = recent
         self._clean = clean
+        self._sendable = sendable
         self._display = display
         self.cache = SuggestionCache()
         self.stats = Stats()
@@ -338,8 +340,10 @@ class CompletionService:
         sources = Sources.named(settings.context_sources)
         family = prompts.family(model.served_name or model.name, settings.prompt_mode)
         template = settings.prompt_variants.get(variant)
+        # Windows are cut from the document with its secrets masked as a whole: a key block
+        # whose header lies above the window is masked all the same.
         context = build_context(
-            snapshot,
+            self._sendable(snapshot),
             request.cursor,
             budget,
             model.counter,

@@ -227,6 +227,7 @@ class Reviewer:
         options: ReviewOptions,
         lookup: Callable[[str], list] = lambda name: [],
         clean: Callable[[str], str] = _identity,
+        sendable: Callable[[Snapshot], Snapshot] = _identity,
         count_tokens: Callable[[str], int] | None = None,
         on_file: Callable[[FileReview], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
@@ -249,9 +250,12 @@ class Reviewer:
                 on_file(result)
 
         for job in jobs:
-            state = _FileState(job, extract_units(job.snapshot))
+            # Units are cut from the document with its secrets masked as a whole (a unit, or a
+            # part of a long one, may start inside a key block); offsets stay those of the file.
+            masked = sendable(job.snapshot)
+            state = _FileState(job, extract_units(masked))
             states.append(state)
-            imports = file_imports(job.snapshot)
+            imports = file_imports(masked)
             for unit in state.units:
                 cached = self.cache.get(self._key(job, options, unit, escalation))
                 if cached is not None:

@@ -425,11 +425,11 @@ def test_hostile_answers_become_text_and_edits_of_the_reviewed_document_only():
 # Where a process may be started or code evaluated, and why; nowhere else (so nothing a model
 # says can be run).
 ALLOWED = {
-    ("phi_lsp/managed_vllm.py", "subprocess"): "checks and starts vLLM with fixed arguments",
-    ("phi_lsp/managed_vllm.py", "create_subprocess_exec"): "starts vLLM with fixed arguments",
-    ("phi_lsp/vllm_launcher.py", "runpy"): "runs vLLM's server module in the child",
-    ("phi_lsp/vllm_launcher.py", "subprocess"): "a fixed reaper that ends the orphaned group",
-    ("phi_lsp/vllm_launcher.py", "run_module"): "runs vLLM's server module in the child",
+    ("phi_lsp/model/managed_vllm.py", "subprocess"): "checks and starts vLLM with fixed arguments",
+    ("phi_lsp/model/managed_vllm.py", "create_subprocess_exec"): "starts vLLM with fixed arguments",
+    ("phi_lsp/model/vllm_launcher.py", "runpy"): "runs vLLM's server module in the child",
+    ("phi_lsp/model/vllm_launcher.py", "subprocess"): "a fixed reaper that ends the orphaned group",
+    ("phi_lsp/model/vllm_launcher.py", "run_module"): "runs vLLM's server module in the child",
 }
 RISKY_MODULES = {"subprocess", "pty", "runpy", "pexpect", "multiprocessing", "code", "codeop"}
 RISKY_FUNCTIONS = {"eval", "exec", "compile", "__import__", "breakpoint"}

@@ -60,6 +60,7 @@ async def complete_file(manager: SettingsManager, path: Path, line: int, column:
             settings=lambda: settings.completion,
             index=index,
             clean=privacy.clean,
+            sendable=privacy.sendable,
             display=lambda p: _relative(p, root),
         )
         request = Request(document.uri, document.snapshot(), cursor, INVOKED, str(path.resolve()), _relative(str(path.resolve()), root))

@@ -111,6 +111,7 @@ async def run_review(
             try:
                 results = await reviewer.review(
                     jobs, cb.backend, options, lookup=index.lookup, clean=privacy.clean,
+                    sendable=privacy.sendable,
                     count_tokens=counter.count, on_progress=bar.update,
                     escalation=cli_escalation(settings, cb),
                 )

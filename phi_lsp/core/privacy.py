@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import re
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
 
+import pathspec
+
+from phi_lsp.core import secrets
+from phi_lsp.core.documents import Snapshot
 from phi_lsp.core.settings import PrivacySettings
 from phi_lsp.core.syntax import path_of
+
+log = logging.getLogger(__name__)
 
 # Basenames (fnmatch, case-insensitive) of files that hold secrets.
 SECRET_FILES = (
@@ -61,51 +70,15 @@ SECRET_FILES = (
 )
 
 REDACTED = "<redacted>"
-
-_SECRET_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    (
-        "private key",
-        re.compile(
-            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\Z)",
-            re.DOTALL,
-        ),
-    ),
-    ("aws access key", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b")),
-    ("github token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b")),
-    ("slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b")),
-    ("openai key", re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}\b")),
-    ("google api key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b")),
-    ("stripe key", re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}\b")),
-    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b")),
-    ("url credentials", re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]{3,}(?=@)")),
-]
-
-_SECRET_NAME = r"""(?<![\w.-])[\w.-]*(?:passw(?:or)?d|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token
-        |access[_-]?token|private[_-]?key|client[_-]?secret|token)[\w-]*"""
-# password = "...", api_key: '...', "secret": "...", API_KEY: str = "...": keep the name, hide
-# the value.
-_ASSIGNMENT = re.compile(
-    rf"""(?ix)
-    (?P<name>{_SECRET_NAME}["']?)
-    (?P<sep>\s*(?::\s*[a-z_][\w.\[\], |]*?\s*)?(?::=|=>|[:=])\s*)
-    (?P<quote>["'`])(?P<value>[^"'`\n]{{4,}})(?P=quote)
-    """
-)
-# Unquoted, as in shell, .ini, YAML or .properties files: `export AWS_SECRET_ACCESS_KEY=wJal...`,
-# `password: hunter2-secret`. Only a value that runs to the end of its line (a comment aside)
-# counts, and plain words and numbers stay: that keeps code such as `token = next_token` or
-# `password = get_password()` or `max_tokens = 64` as it is.
-_UNQUOTED_ASSIGNMENT = re.compile(
-    rf"""(?imx)
-    (?P<name>{_SECRET_NAME})
-    (?P<sep>[ \t]*[:=][ \t]*)
-    (?P<value>[^\s"'`,;(){{}}\[\]<>=][^\s"'`,;(){{}}\[\]<>]{{5,}})
-    (?=[ \t]*(?:\#.*)?$)
-    """
-)
-_PLAIN_WORD = re.compile(r"[A-Za-z_][A-Za-z_.]*|[0-9.]+")
-# Values that are clearly not secrets (placeholders, lookups) stay, so code still reads right.
-_NOT_A_SECRET = re.compile(r"^(?:\$\{?\w+\}?|<[^>]*>|\*+|x+|changeme|example|dummy|test|none|null|\{\{.*\}\})$", re.I)
+# What a masked document holds where its secrets were (same byte length, line ends kept, so
+# offsets and the tree stay valid); `clean` turns each run of it into REDACTED.
+FILLER = 0
+_FILLED = re.compile("\x00+(?:[\r\n]+\x00+)*")
+# Above this many `*` wildcards (a `**` counts once) a pattern's regex can take seconds or
+# forever to fail on a deep path; such a pattern excludes everything (fail closed), and says so.
+MAX_WILDCARDS = 4
+CHUNK_BYTES = 4096  # documents are scanned in chunks that end at a blank line (see mask_source)
+_CHUNK_CACHE_SIZE = 4096
 
 
 @dataclass
@@ -117,123 +90,137 @@ class Redaction:
 
 def redact(text: str) -> Redaction:
     """Replace secret-looking substrings of `text` with a placeholder."""
-    result = Redaction(text)
-
-    def replace_whole(kind: str):
-        def sub(match: re.Match[str]) -> str:
-            result.count += 1
-            result.kinds.append(kind)
-            return REDACTED
-
-        return sub
-
-    for kind, pattern in _SECRET_PATTERNS:
-        result.text = pattern.sub(replace_whole(kind), result.text)
-
-    def replace_value(match: re.Match[str]) -> str:
-        value = match.group("value")
-        if value == REDACTED or _NOT_A_SECRET.match(value.strip()):
-            return match.group(0)
-        result.count += 1
-        result.kinds.append("assignment")
-        quote = match.group("quote")
-        return f"{match.group('name')}{match.group('sep')}{quote}{REDACTED}{quote}"
-
-    result.text = _ASSIGNMENT.sub(replace_value, result.text)
-
-    def replace_unquoted(match: re.Match[str]) -> str:
-        value = match.group("value")
-        if REDACTED in value or _PLAIN_WORD.fullmatch(value) or _NOT_A_SECRET.match(value):
-            return match.group(0)
-        result.count += 1
-        result.kinds.append("assignment")
-        return f"{match.group('name')}{match.group('sep')}{REDACTED}"
-
-    result.text = _UNQUOTED_ASSIGNMENT.sub(replace_unquoted, result.text)
-    return result
+    data = text.encode("utf-8", "surrogatepass")
+    spans = secrets.find_secrets(data)
+    if not spans:
+        return Redaction(text)
+    out = bytearray()
+    position = 0
+    for span in spans:
+        out += data[position : span.start] + REDACTED.encode()
+        position = span.end
+    out += data[position:]
+    return Redaction(out.decode("utf-8", "surrogatepass"), len(spans), [s.kind for s in spans])
 
 
-def _pattern_regex(pattern: str) -> tuple[re.Pattern[str], bool, bool]:
-    """A .gitignore pattern as (regex over a root-relative posix path, negated, dir_only)."""
-    negated = pattern.startswith("!")
-    if negated:
-        pattern = pattern[1:]
-    dir_only = pattern.endswith("/")
-    pattern = pattern.strip("/") if dir_only else pattern
-    anchored = "/" in pattern.rstrip("/")
-    pattern = pattern.lstrip("/")
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and (close := pattern.find("]", i + 2)) != -1:
-            # A bracket expression, [abc], [a-z] or [!abc]; never matching "/".
-            body = pattern[i + 1 : close]
-            negate = body[:1] in ("!", "^")
-            body = body[1:] if negate else body
-            chars = "".join(c if c.isalnum() or c == "-" else "\\" + c for c in body)
-            try:
-                re.compile(f"[{chars}]")
-            except re.error:  # [z-a]: a range that is no range matches nothing, as in git
-                out.append("(?!)")
-                i = close + 1
-                continue
-            out.append(f"(?!/)[{'^' if negate else ''}{chars}]")
-            i = close + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    body = "".join(out)
-    prefix = "" if anchored else "(?:.*/)?"
-    # A pattern matches the path itself or anything below a matching directory.
-    return re.compile(f"^{prefix}{body}(?:/.*)?$"), negated, dir_only
+_chunk_cache: OrderedDict[bytes, tuple[secrets.Span, ...]] = OrderedDict()
+
+
+def _chunk_spans(chunk: bytes) -> tuple[secrets.Span, ...]:
+    found = _chunk_cache.get(chunk)
+    if found is None:
+        found = tuple(secrets.find_line_secrets(chunk))
+        _chunk_cache[chunk] = found
+        if len(_chunk_cache) > _CHUNK_CACHE_SIZE:
+            _chunk_cache.popitem(last=False)
+    else:
+        _chunk_cache.move_to_end(chunk)
+    return found
+
+
+def document_secrets(source: bytes) -> list[secrets.Span]:
+    """The secrets of a whole document, as byte spans.
+
+    Private-key blocks are found over the whole text (one fast search), so a block whose header
+    lies far above a prompt window is still known. The other rules run per chunk: a chunk ends at
+    the first blank line after CHUNK_BYTES, so the chunks after an edit are the same bytes as
+    before it and come from the cache; a keystroke rescans one chunk."""
+    spans = list(secrets.key_blocks(source))
+    start = 0
+    while start < len(source):
+        end = source.find(b"\n\n", start + CHUNK_BYTES)
+        end = len(source) if end < 0 else end + 1
+        if end - start > 8 * CHUNK_BYTES:  # no blank line for long: cut at a line end
+            cut = source.find(b"\n", start + 8 * CHUNK_BYTES)
+            end = end if cut < 0 else cut + 1
+        spans.extend(secrets.Span(start + s.start, start + s.end, s.kind) for s in _chunk_spans(source[start:end]))
+        start = end
+    return secrets.merge(spans)
+
+
+def mask_source(source: bytes) -> bytes:
+    """`source` with every secret's bytes (but its line ends) replaced by FILLER."""
+    spans = document_secrets(source)
+    if not spans:
+        return source
+    masked = bytearray(source)
+    for span in spans:
+        masked[span.start : span.end] = re.sub(rb"[^\r\n]", b"\x00", source[span.start : span.end])
+    return bytes(masked)
+
+
+def _simplified(pattern: str) -> str:
+    """`**/**/x` and friends as `**/x` (what they mean)."""
+    previous = None
+    while previous != pattern:
+        previous, pattern = pattern, pattern.replace("**/**/", "**/").replace("/**/**", "/**")
+    return pattern
 
 
 class PrivacyFilter:
     def __init__(self, settings: PrivacySettings | None = None, roots: list[Path] | None = None):
+        self._masked: dict[str, tuple[bytes, bytes]] = {}
         self.configure(settings or PrivacySettings(), roots or [])
 
     def configure(self, settings: PrivacySettings, roots: list[Path]) -> None:
         self.redact_secrets = settings.redact_secrets
         self.roots = [Path(r) for r in roots]
-        self._rules = [_pattern_regex(p.strip()) for p in settings.exclude if p.strip() and not p.startswith("#")]
+        self._real_roots = [Path(os.path.realpath(r)) for r in self.roots]
+        self.problems: list[str] = []
+        self._exclude_all = False
+        lines = []
+        for raw in settings.exclude:
+            pattern = _simplified(raw.strip())
+            if not pattern or pattern.startswith("#"):
+                continue
+            if len(re.findall(r"\*+", pattern)) > MAX_WILDCARDS:
+                self._exclude_all = True
+                self.problems.append(
+                    f"privacy.exclude: {raw!r} has more than {MAX_WILDCARDS} wildcards, too many to match safely; "
+                    "until it is simplified, no file is sent to the model")
+                continue
+            try:
+                pathspec.GitIgnoreSpec.from_lines([pattern])
+            except (ValueError, re.error):  # [z-a]: a range that is no range matches nothing, as in git
+                continue
+            lines.append(pattern)
+        self._spec = pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+        for problem in self.problems:
+            log.warning("%s", problem)
 
     def is_secret_file(self, uri_or_path: str) -> bool:
-        name = PurePosixPath(path_of(uri_or_path)).name.lower()
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in SECRET_FILES)
+        """True when the file's name, or the name of the file it links to, is a secret's."""
+        return any(_secret_name(PurePosixPath(p).name) for p in self._paths(uri_or_path))
 
     def is_excluded(self, uri_or_path: str) -> bool:
-        """True when the file must never be sent to the backend."""
-        if self.is_secret_file(uri_or_path):
+        """True when the file must never be sent to the backend: a secret file (by its name or
+        its link target's), one `privacy.exclude` names (by its path or its target's)."""
+        paths = self._paths(uri_or_path)
+        if any(_secret_name(PurePosixPath(p).name) for p in paths):
             return True
-        if not self._rules:
+        if self._exclude_all:
+            return True
+        if self._spec is None:
             return False
-        path = PurePosixPath(path_of(uri_or_path))
-        relative = self._relative(path)
-        excluded = False
-        for regex, negated, dir_only in self._rules:
-            target = relative
-            if dir_only:  # only directories match: test the parent folders
-                target = str(PurePosixPath(relative).parent)
-                if target == ".":
-                    continue
-            if regex.match(target):
-                excluded = not negated
-        return excluded
+        return any(self._spec.match_file(self._relative(PurePosixPath(p))) for p in paths)
+
+    def inside_roots(self, path: Path) -> bool:
+        """True when `path`, links resolved, lies inside one of the workspace roots."""
+        return is_inside(path, self._real_roots)
+
+    def _paths(self, uri_or_path: str) -> list[str]:
+        """The path itself and, for a link (or a path through a linked folder), its target."""
+        path = path_of(uri_or_path)
+        if urlparse(uri_or_path).scheme not in ("", "file") or not os.path.isabs(path):
+            return [path]  # untitled:, vscode-notebook-cell: and the like: no file behind it
+        try:
+            real = os.path.realpath(path)
+        except (OSError, ValueError):
+            return [path]
+        return [path] if real == path else [path, real]
 
     def _relative(self, path: PurePosixPath) -> str:
-        for root in self.roots:
+        for root in [*self.roots, *self._real_roots]:
             try:
                 return str(path.relative_to(PurePosixPath(root.as_posix())))
             except ValueError:
@@ -241,8 +228,40 @@ class PrivacyFilter:
         return str(path).lstrip("/")
 
     def clean(self, text: str) -> str:
-        """The text as it may be sent: secrets redacted (unless turned off)."""
+        """The text as it may be sent: masked secrets marked, others redacted (unless turned off)."""
+        if "\x00" in text:
+            text = _FILLED.sub(REDACTED, text)
         return redact(text).text if self.redact_secrets else text
+
+    def sendable(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot that prompts may be cut from: its secrets masked over the whole document
+        (before any window is cut), offsets and tree unchanged. Cached per document version."""
+        masked = self.masked_source(snapshot.uri, snapshot.source)
+        return snapshot if masked is snapshot.source else replace(snapshot, source=masked)
+
+    def masked_source(self, uri: str, source: bytes) -> bytes:
+        """`source` (of the document `uri`) with its secrets masked; cached per version."""
+        if not self.redact_secrets:
+            return source
+        cached = self._masked.get(uri)
+        if cached is not None and cached[0] is source:
+            return cached[1]
+        masked = mask_source(source)
+        self._masked[uri] = (source, masked)
+        if len(self._masked) > 64:
+            self._masked.pop(next(iter(self._masked)))
+        return masked
+
+
+def _secret_name(name: str) -> bool:
+    name = name.lower()
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in SECRET_FILES)
+
+
+def is_inside(path: Path, real_roots: list[Path]) -> bool:
+    """True when `path` with its links resolved is one of `real_roots` or below one."""
+    real = Path(os.path.realpath(path))
+    return any(real == root or root in real.parents for root in real_roots)
 
 
 # -- logs ------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class CompletionFeature(Feature):
             index=index,
             recent=self._recent_snippets,
             clean=server.privacy.clean,
+            sendable=server.privacy.sendable,
             display=self.display_path,
             escalation=self._escalation_model,
             router=server.service.router,
@@ -247,8 +248,10 @@ class CompletionFeature(Feature):
             if document is None:
                 continue
             first = max(0, line - RECENT_LINES)
-            lines = [document.line_bytes(n).decode("utf-8", "replace") for n in range(first, min(document.line_count(), line + RECENT_LINES + 1))]
-            text = "\n".join(lines).strip("\n")
+            start = document.lines.line_start(first) or 0
+            end = document.lines.line_start(line + RECENT_LINES + 1)
+            masked = self.server.privacy.masked_source(other, document.source)  # the whole file's secrets
+            text = masked[start:end].decode("utf-8", "replace").replace("\r\n", "\n").strip("\n")
             if text.strip():
                 snippets.append(Snippet(self.display_path(path_of(other)), text, "recent"))
             if len(snippets) >= RECENT_FILES:

@@ -209,7 +209,7 @@ class ReviewFeature(Feature):
         job = FileJob(document.snapshot(), self._display_path(uri))
         results = await self.reviewer.review(
             [job], backend, self._options(backend), lookup=self._lookup,
-            clean=self.server.privacy.clean, count_tokens=self._count_tokens(),
+            clean=self.server.privacy.clean, sendable=self.server.privacy.sendable, count_tokens=self._count_tokens(),
             escalation=self._escalation(),
         )
         if results[0].units_sent > results[0].units_failed:
@@ -273,6 +273,7 @@ class ReviewFeature(Feature):
 
         results = await self.reviewer.review(
             jobs, backend, self._options(backend), lookup=self._lookup, clean=self.server.privacy.clean,
+            sendable=self.server.privacy.sendable,
             count_tokens=self._count_tokens(),
             on_file=lambda r: self._publish(r, on_disk=r.snapshot.uri in on_disk),
             on_progress=on_progress,
