@@ -15,6 +15,8 @@ told to close its connection afterwards, so no pooled connection escapes a switc
 - half       relay the response headers and half of its body, then close
 - drip       relay the real response a few bytes at a time, slower than any deadline
 - garbage    bytes that are not HTTP at all, then close
+- echo       HTTP 401 whose error message echoes the request's headers (Authorization included),
+             as some gateways do
 
 Every request (method, path, headers, body) is recorded in `requests`, whatever the mode, so a
 test can check exactly what left phi-lsp. The proxy runs its own event loop on a thread; its
@@ -32,8 +34,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-MODES = ("pass", "refuse", "reset", "hang", "http500", "http429", "http503", "malformed", "half", "drip", "garbage")
-FAULTS = tuple(m for m in MODES if m != "pass")
+MODES = ("pass", "refuse", "reset", "hang", "http500", "http429", "http503", "malformed", "half", "drip", "garbage", "echo")
+FAULTS = tuple(m for m in MODES if m not in ("pass", "echo"))  # echo is no outage
 _STATUS_TEXT = {500: "Internal Server Error", 429: "Too Many Requests", 503: "Service Unavailable"}
 DRIP_BYTES = 8
 DRIP_INTERVAL_S = 0.3
@@ -163,6 +165,12 @@ class FaultProxy:
             payload = json.dumps({"object": "error", "message": f"injected HTTP {status}", "code": status}).encode()
             extra = "Retry-After: 1\r\n" if status in (429, 503) else ""
             writer.write(_response_head(status, _STATUS_TEXT[status], len(payload), extra) + payload)
+            await writer.drain()
+            return True
+        if mode == "echo":
+            headers = raw_head.decode("latin-1").split("\r\n", 1)[-1].strip()
+            payload = json.dumps({"object": "error", "message": f"unauthorized request; headers: {headers}", "code": 401}).encode()
+            writer.write(_response_head(401, "Unauthorized", len(payload)) + payload)
             await writer.drain()
             return True
         if mode == "malformed":

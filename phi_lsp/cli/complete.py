@@ -43,7 +43,9 @@ async def complete_file(manager: SettingsManager, path: Path, line: int, column:
     """Run the pipeline once; returns the JSON report (raises ValueError on bad input)."""
     settings = manager.settings
     privacy = PrivacyFilter(settings.privacy, [project_root(path)])
-    if privacy.is_excluded(str(path.resolve())):
+    for problem in privacy.problems:
+        print(f"phi-lsp complete: {problem}", file=sys.stderr)
+    if privacy.is_excluded(str(path.absolute())):  # the link's name and its target's
         raise ValueError(f"{path} holds secrets or is excluded by privacy.exclude; it is never sent to the model")
     text = path.read_text(encoding="utf-8", errors="surrogateescape")
     document = Document(path.resolve().as_uri(), text, 1, None, positions.UTF32)

@@ -8,6 +8,7 @@ import sys
 
 from phi_lsp import __version__
 from phi_lsp.model.backend import Backend, BackendError
+from phi_lsp.core.privacy import mask_known
 from phi_lsp.core.settings import SettingsManager, all_keys, redacted
 from phi_lsp.model.managed_vllm import choose_model, has_gpu, vllm_missing
 from phi_lsp.model.cli_backend import find_serve_model, model_configured
@@ -20,7 +21,7 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
     problems: list[str] = []
 
     def say(text: str = "") -> None:
-        print(text, file=out)
+        print(mask_known(text), file=out)  # URL credentials and keys, wherever they show
 
     say(f"phi-lsp {__version__} (Python {sys.version.split()[0]} at {sys.executable})")
     say()

@@ -116,6 +116,11 @@ def _main(argv: list[str] | None) -> int:
     command = args.command or "serve"
     if command == "serve":
         return run_server(args)
+    from phi_lsp.core.privacy import MaskedStream
+
+    # Whatever a command prints (findings, errors, doctor's report) goes out with every
+    # configured key and URL credential masked.
+    sys.stdout, sys.stderr = MaskedStream(sys.stdout), MaskedStream(sys.stderr)
     if command == "doctor":
         from phi_lsp.cli.doctor import run_doctor
 
@@ -159,6 +164,14 @@ def run_trust(path: str, remove: bool, list_only: bool) -> int:
 
 
 def _cli_settings(args: argparse.Namespace) -> config.SettingsManager:
+    manager = _load_cli_settings(args)
+    from phi_lsp.core.privacy import remember_configured_secrets
+
+    remember_configured_secrets(manager.settings)  # masked in all that the command prints
+    return manager
+
+
+def _load_cli_settings(args: argparse.Namespace) -> config.SettingsManager:
     manager = config.SettingsManager()
     problems = config.load_settings(
         manager, Path.cwd(), config_file=args.config, flags=config.from_flags(args.backend_url, args.model)

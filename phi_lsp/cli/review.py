@@ -11,13 +11,14 @@ could not be completed (no backend, a request failed, a path does not exist); el
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
 from phi_lsp.core.settings import SettingsManager
 from phi_lsp.core.privacy import PrivacyFilter
-from phi_lsp.core.symbols import SymbolIndex, iter_source_files
+from phi_lsp.core.symbols import SymbolIndex, is_inside, iter_source_files
 
 from phi_lsp.review import formats
 from phi_lsp.review.files import load_job
@@ -61,8 +62,11 @@ def collect_files(paths: list[str], privacy: PrivacyFilter) -> tuple[list[Path],
         if path.is_dir():
             found = list(iter_source_files([path], privacy.is_excluded))
         elif path.is_file():
-            if privacy.is_excluded(str(path.resolve())):
+            if privacy.is_excluded(str(path.absolute())):
                 problems.append(f"{raw}: not reviewed: excluded by privacy settings (secrets never leave the machine)")
+                continue
+            if path.is_symlink() and not is_inside(os.path.realpath(path), [os.path.realpath(Path.cwd())]):
+                problems.append(f"{raw}: not reviewed: a link to a file outside the working directory")
                 continue
             found = [path]
         else:
@@ -86,6 +90,7 @@ async def run_review(
     settings = manager.settings
     privacy = PrivacyFilter(settings.privacy, [Path.cwd()])
     files, problems = collect_files(paths, privacy)
+    problems = privacy.problems + problems
     incomplete = any("no such file" in p for p in problems)
     for problem in problems:
         print(f"phi-lsp: {problem}", file=sys.stderr)
@@ -96,7 +101,8 @@ async def run_review(
         return 2 if incomplete else 0
 
     index = SymbolIndex(exclude=privacy.is_excluded)
-    roots = {Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent for p in paths if Path(p).exists()}
+    # Not resolve(): a linked file must not make its target's folder part of the index.
+    roots = {Path(p).absolute() if Path(p).is_dir() else Path(p).absolute().parent for p in paths if Path(p).exists()}
     await index.build(sorted(roots))
 
     bar = ProgressBar(progress and sys.stderr.isatty())

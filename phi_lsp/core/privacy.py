@@ -22,7 +22,7 @@ import pathspec
 
 from phi_lsp.core import secrets
 from phi_lsp.core.documents import Snapshot
-from phi_lsp.core.settings import PrivacySettings
+from phi_lsp.core.settings import PrivacySettings, Settings
 from phi_lsp.core.syntax import path_of
 
 log = logging.getLogger(__name__)
@@ -275,12 +275,50 @@ def remember_secret(value: str | None) -> None:
         _known_secrets.add(value)
 
 
-def mask(text: str) -> str:
-    """`text` with known secret values and secret-looking strings replaced."""
+def remember_configured_secrets(settings: Settings) -> None:
+    """Every API key and URL credential the settings hold, from whatever source they came."""
+    backend = settings.backend
+    remember_secret(os.environ.get("PHI_LSP_API_KEY"))
+    for key in (backend.api_key, *(e.api_key for e in backend.endpoints)):
+        remember_secret(key)
+    for url in (backend.url, *(e.url for e in backend.endpoints)):
+        user_info = urlparse(url or "").netloc.rpartition("@")[0]
+        for part in (user_info, *user_info.split(":")):
+            if len(part) >= 8 or ":" in part:  # a password or a key; not a short user name
+                remember_secret(part)
+
+
+def mask_known(text: str) -> str:
+    """`text` with every configured secret (and URL credentials) replaced: for what phi-lsp
+    prints or says, where secret-looking code must stay as it is."""
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return redact(text).text
+    if "@" in text and "://" in text:
+        text = _URL_CREDENTIALS.sub(REDACTED, text)
+    return text
+
+
+def mask(text: str) -> str:
+    """`text` with known secret values and secret-looking strings replaced."""
+    return redact(mask_known(text)).text
+
+
+# user:password@ and a DSN's key@ in a URL.
+_URL_CREDENTIALS = re.compile(r"(?<=://)(?:[^/\s:@'\"`]+:[^/\s@'\"`]+|[A-Za-z0-9_\-]{16,})(?=@)")
+
+
+class MaskedStream:
+    """A text stream that writes through `mask_known` (the CLI's stdout and stderr)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(mask_known(text))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 class LogRedactor(logging.Filter):

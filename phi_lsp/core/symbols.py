@@ -205,16 +205,29 @@ class SymbolIndex:
 
 
 def iter_source_files(roots: Iterable[Path], exclude: Callable[[str], bool]) -> Iterable[Path]:
+    """Source files under `roots`, never one whose real path (links resolved) lies outside
+    them: a link to `../outside/.env` or `/etc/passwd` is not a workspace file, whatever its
+    name. Linked folders are not entered (os.walk's default); `exclude` judges link targets."""
+    roots = list(roots)
+    real_roots = [os.path.realpath(root) for root in roots]
     seen: set[str] = set()
     for root in roots:
         for folder, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
             for name in sorted(files):
                 path = os.path.join(folder, name)
-                if path in seen or exclude(path) or syntax.language_for(path) is None:
+                real = os.path.realpath(path)
+                if real in seen or not is_inside(real, real_roots) or not os.path.isfile(real):
                     continue
-                seen.add(path)
+                if exclude(path) or syntax.language_for(path) is None:
+                    continue
+                seen.add(real)
                 yield Path(path)
+
+
+def is_inside(real_path: str, real_roots: list[str]) -> bool:
+    """True when `real_path` (links resolved) is one of `real_roots` or below one."""
+    return any(real_path == root or real_path.startswith(root.rstrip(os.sep) + os.sep) for root in real_roots)
 
 
 def _has_loop() -> bool:

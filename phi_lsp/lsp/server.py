@@ -24,7 +24,7 @@ from phi_lsp.core import settings as config, positions
 from phi_lsp.core.documents import DocumentStore
 from phi_lsp.lsp.features.base import Feature
 from phi_lsp.model.service import UNREACHABLE, ModelService, Status
-from phi_lsp.core.privacy import PrivacyFilter, remember_secret
+from phi_lsp.core.privacy import PrivacyFilter, mask_known, remember_configured_secrets
 from phi_lsp.lsp.progress import ProgressReporter
 from phi_lsp.lsp.pygls_overrides import PhiProtocol, QuietLanguageServer, StreamReader, read_messages
 from phi_lsp.core.syntax import path_of
@@ -151,6 +151,7 @@ class PhiServer(QuietLanguageServer):
 
     def show_message_once(self, text: str, kind: types.MessageType = types.MessageType.Warning) -> None:
         """window/showMessage, but never the same text twice in a session (plus a log line)."""
+        text = mask_known(text)
         self.window_log_message(types.LogMessageParams(type=kind, message=text))
         if text in self._shown:
             return
@@ -205,8 +206,9 @@ class PhiServer(QuietLanguageServer):
         origins = self.settings_manager.origins()
         model_configured = any(k in origins for k in ("completion.model", "review.model"))
         self.privacy.configure(settings.privacy, self.workspace_roots)
-        for key in [settings.backend.api_key, *(e.api_key for e in settings.backend.endpoints)]:
-            remember_secret(key)
+        for problem in self.privacy.problems:
+            self.show_message_once(problem, types.MessageType.Warning)
+        remember_configured_secrets(settings)
         self.service.configure(settings, model_configured)
         for feature in self.features:
             _isolated(feature.settings_changed, settings)

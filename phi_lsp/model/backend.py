@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from phi_lsp.core.positions import valid_text
+from phi_lsp.core.privacy import mask
 
 if TYPE_CHECKING:
     import httpx
@@ -93,6 +94,9 @@ class BackendError(Exception):
     outage = True
 
     def __init__(self, reason: str):
+        # Errors become text everywhere (CLI output, LSP answers, messages, logs), and a
+        # backend may echo the request (its Authorization header): masked once, here.
+        reason = mask(reason)
         super().__init__(reason)
         self.reason = reason
 
@@ -417,7 +421,7 @@ class Backend:
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
+    text = mask(str(exc)) or type(exc).__name__  # before the cut, which could halve a key
     return text if len(text) < 120 else text[:117] + "..."
 
 
