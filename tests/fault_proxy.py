@@ -15,8 +15,8 @@ told to close its connection afterwards, so no pooled connection escapes a switc
 - half       relay the response headers and half of its body, then close
 - drip       relay the real response a few bytes at a time, slower than any deadline
 - garbage    bytes that are not HTTP at all, then close
-- echo       HTTP 401 whose error message echoes the request's headers (Authorization included),
-             as some gateways do
+- echo       HTTP 401 whose error message echoes the request's Authorization header, as some
+             gateways do
 
 Every request (method, path, headers, body) is recorded in `requests`, whatever the mode, so a
 test can check exactly what left phi-lsp. The proxy runs its own event loop on a thread; its
@@ -168,8 +168,10 @@ class FaultProxy:
             await writer.drain()
             return True
         if mode == "echo":
-            headers = raw_head.decode("latin-1").split("\r\n", 1)[-1].strip()
-            payload = json.dumps({"object": "error", "message": f"unauthorized request; headers: {headers}", "code": 401}).encode()
+            lines = raw_head.decode("latin-1").split("\r\n")[1:]
+            auth = next((h for h in lines if h.lower().startswith("authorization:")), "no Authorization header")
+            payload = json.dumps({"object": "error", "message": f"unauthorized: {auth.split(':', 1)[1].strip()} is not a valid key",
+                                  "code": 401}).encode()
             writer.write(_response_head(401, "Unauthorized", len(payload)) + payload)
             await writer.drain()
             return True

@@ -73,6 +73,7 @@ REDACTED = "<redacted>"
 # What a masked document holds where its secrets were (same byte length, line ends kept, so
 # offsets and the tree stay valid); `clean` turns each run of it into REDACTED.
 FILLER = 0
+_TO_FILLER = bytes(b if b in b"\r\n" else FILLER for b in range(256))
 _FILLED = re.compile("\x00+(?:[\r\n]+\x00+)*")
 # Above this many `*` wildcards (a `**` counts once) a pattern's regex can take seconds or
 # forever to fail on a deep path; such a pattern excludes everything (fail closed), and says so.
@@ -145,7 +146,7 @@ def mask_source(source: bytes) -> bytes:
         return source
     masked = bytearray(source)
     for span in spans:
-        masked[span.start : span.end] = re.sub(rb"[^\r\n]", b"\x00", source[span.start : span.end])
+        masked[span.start : span.end] = source[span.start : span.end].translate(_TO_FILLER)
     return bytes(masked)
 
 
