@@ -4,9 +4,9 @@ Phi models are not FIM-trained and vLLM rejects `suffix`, so the prompt is rende
 - `raw`: prefix continuation for base models (like the test model). Other files come first, each
   introduced by a `# file: <path>` header and separated by `<|endoftext|>` — exactly the shape
   phi-code-tiny was trained on (its MODEL.md) — then the current file.
-- `chat`: a hole-filler for Phi instruct models with the model's own template:
-  Phi-3/3.5/4-mini `<|system|>…<|end|><|user|>…<|end|><|assistant|>`,
-  Phi-4 ChatML `<|im_start|>system<|im_sep|>…<|im_end|>…<|im_start|>assistant<|im_sep|>`.
+- `chat`: a hole-filler for Phi instruct models, rendered by the model's own chat format (a
+  `ChatRenderer` the caller gives: its template on disk or learned from its server; see
+  phi_lsp/core/chat_format.py), stopping at its end-of-turn token.
 `auto` picks by the served model's name.
 
 Order matters for vLLM's prefix cache: what changes least comes first (instructions, other files'
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from phi_lsp.core import chat_format as models
-from phi_lsp.core.chat_format import END_OF_TEXT, PHI3, PHI4, RAW  # noqa: F401 (re-exported)
+from phi_lsp.core.chat_format import BUILTIN, CHAT, END_OF_TEXT, RAW, ChatRenderer  # noqa: F401 (re-exported)
 
 from phi_lsp.completion.context import CompletionContext
 
@@ -64,6 +64,8 @@ class Prompt:
     # Text the answer is expected to repeat before the real continuation (chat models like to
     # restate the cursor's line); post-processing strips it.
     echo: str = ""
+    stop_token_ids: tuple[int, ...] = ()
+    chat: tuple[str, str] | None = None  # (system, user) of a chat prompt
 
 
 def variant_for(variants: Mapping[str, str], key: str) -> str:
@@ -80,12 +82,14 @@ def uses_suffix(template: str | None) -> bool:
     return template is not None and "{suffix}" in template
 
 
-def render(ctx: CompletionContext, prompt_family: str, single_line: bool, template: str | None = None) -> Prompt:
+def render(ctx: CompletionContext, prompt_family: str, single_line: bool, template: str | None = None,
+           chat: ChatRenderer | None = None) -> Prompt:
+    """The prompt; a chat prompt in `chat`'s format (the built-in shape when none is given)."""
     if template is not None:
-        return _render_template(ctx, prompt_family, single_line, template)
+        return _render_template(ctx, prompt_family, single_line, template, chat or BUILTIN)
     if prompt_family == RAW:
         return _render_raw(ctx, single_line)
-    return _render_chat(ctx, prompt_family, single_line)
+    return _render_chat(ctx, single_line, chat or BUILTIN)
 
 
 def fill(template: str, values: Mapping[str, str]) -> str:
@@ -116,7 +120,8 @@ def _template_values(ctx: CompletionContext, prompt_family: str) -> dict[str, st
     }
 
 
-def _render_template(ctx: CompletionContext, prompt_family: str, single_line: bool, template: str) -> Prompt:
+def _render_template(ctx: CompletionContext, prompt_family: str, single_line: bool, template: str,
+                     chat: ChatRenderer) -> Prompt:
     body = fill(template, _template_values(ctx, prompt_family))
     if prompt_family == RAW:
         stop = [END_OF_TEXT, f"\n{ctx.comment} file:"]
@@ -124,11 +129,7 @@ def _render_template(ctx: CompletionContext, prompt_family: str, single_line: bo
             stop.append("\n")
         return Prompt(body, RAW, tuple(stop))
     scope = "the rest of the current line only" if single_line else "the current statement or block"
-    text = models.chat_prompt(prompt_family, SYSTEM, body + f"Write the code for {HOLE} ({scope}).")
-    stop = models.chat_stops(prompt_family) + ("\n```",)
-    if single_line:
-        stop = stop + ("\n",)
-    return Prompt(text, prompt_family, stop, echo=ctx.line_prefix)
+    return _chat_prompt(ctx, single_line, chat, body + f"Write the code for {HOLE} ({scope}).")
 
 
 def _file_header(comment: str, path: str) -> str:
@@ -160,7 +161,7 @@ def _render_raw(ctx: CompletionContext, single_line: bool) -> Prompt:
     return Prompt("".join(pieces), RAW, tuple(stop))
 
 
-def _render_chat(ctx: CompletionContext, prompt_family: str, single_line: bool) -> Prompt:
+def _render_chat(ctx: CompletionContext, single_line: bool, chat: ChatRenderer) -> Prompt:
     fence = "```" + (ctx.language or "")
     user = []
     if ctx.snippets:
@@ -170,16 +171,19 @@ def _render_chat(ctx: CompletionContext, prompt_family: str, single_line: bool) 
     user.append(f"Current file {ctx.path}:\n{fence}\n{_current_file_head(ctx)}{HOLE}{ctx.suffix}\n```\n")
     scope = "the rest of the current line only" if single_line else "the current statement or block"
     user.append(f"Write the code for {HOLE} ({scope}).")
-    body = "".join(user)
-    text = models.chat_prompt(prompt_family, SYSTEM, body)
-    stop = models.chat_stops(prompt_family) + ("\n```",)
+    return _chat_prompt(ctx, single_line, chat, "".join(user))
+
+
+def _chat_prompt(ctx: CompletionContext, single_line: bool, chat: ChatRenderer, user: str) -> Prompt:
+    stop = chat.stops + ("\n```",)
     if single_line:
         stop = stop + ("\n",)
-    return Prompt(text, prompt_family, stop, echo=ctx.line_prefix)
+    return Prompt(chat.render(SYSTEM, user), CHAT, stop, echo=ctx.line_prefix,
+                  stop_token_ids=chat.stop_token_ids, chat=(SYSTEM, user))
 
 
 def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
     """The same chat prompt as messages, for servers that apply the template themselves
     (backend.kind = openai: Ollama, Azure AI Foundry)."""
-    system, user = models.split_chat_prompt(prompt.family, prompt.text)
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    assert prompt.chat is not None, "not a chat prompt"
+    return models.messages(*prompt.chat)

@@ -26,10 +26,11 @@ import statistics
 import time
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from phi_lsp.core import syntax
+from phi_lsp.core.chat_format import ChatRenderer
 from phi_lsp.model.backend import Backend, BackendError, Choice, Sampling
 from phi_lsp.model.batching import Batcher
 from phi_lsp.core.settings import CompletionSettings
@@ -91,6 +92,7 @@ class Model:
     name: str
     counter: TokenCounter
     served_name: str = ""  # what the server calls it, when `name` is an alias (prompt family)
+    chat: ChatRenderer | None = None  # the model's chat format (None: the built-in shape)
 
 
 @dataclass
@@ -357,16 +359,18 @@ class CompletionService:
         )
         info = _cursor_info(snapshot, request.cursor, context)
         multiline = postprocess.is_multiline_position(info)
-        prompt = prompts.render(context, family, single_line=not multiline, template=template)
-        prompt = prompts.Prompt(self._clean(prompt.text), prompt.family, prompt.stop, prompt.echo)
+        prompt = prompts.render(context, family, single_line=not multiline, template=template, chat=model.chat)
+        chat = tuple(self._clean(part) for part in prompt.chat) if prompt.chat is not None else None
+        prompt = replace(prompt, text=self._clean(prompt.text), chat=chat)
         return Plan(context, prompt, info, not multiline, variant)
 
     async def _call_model(self, request: Request, model: Model, plan: "Plan", settings: CompletionSettings) -> list[Suggestion]:
         self.stats.model_calls += 1
-        samplings = [Sampling(max_tokens=settings.max_tokens, stop=plan.prompt.stop, logprobs=True)]
+        stops = dict(stop=plan.prompt.stop, stop_token_ids=plan.prompt.stop_token_ids)
+        samplings = [Sampling(max_tokens=settings.max_tokens, **stops, logprobs=True)]
         if request.trigger == INVOKED:
             # Two more candidates, sampled, in the same batch window.
-            samplings.append(Sampling(max_tokens=settings.max_tokens, temperature=0.7, stop=plan.prompt.stop, logprobs=True, n=2))
+            samplings.append(Sampling(max_tokens=settings.max_tokens, temperature=0.7, **stops, logprobs=True, n=2))
         timeout = settings.timeout_ms / 1000
         self.last_prompt = {
             "model": model.name,
@@ -406,7 +410,8 @@ class CompletionService:
             return None
         self.stats.escalated += 1
         big_plan = self._plan(request, large, settings, plan.variant)
-        sampling = Sampling(max_tokens=settings.max_tokens, stop=big_plan.prompt.stop, logprobs=True)
+        sampling = Sampling(max_tokens=settings.max_tokens, stop=big_plan.prompt.stop,
+                            stop_token_ids=big_plan.prompt.stop_token_ids, logprobs=True)
         self.last_prompt["escalation"] = {
             "model": large.name, "reason": reason,
             "request": large.backend.completion_body(large.name, [big_plan.prompt.text], sampling),
@@ -478,7 +483,8 @@ class CompletionService:
                 return
             self.stats.prefetches += 1
             plan = self._plan(ahead, model, settings, self.variant_of(ahead, settings))
-            sampling = Sampling(max_tokens=settings.max_tokens, stop=plan.prompt.stop, logprobs=True)
+            sampling = Sampling(max_tokens=settings.max_tokens, stop=plan.prompt.stop,
+                                stop_token_ids=plan.prompt.stop_token_ids, logprobs=True)
             try:
                 choices = await self._complete(model, plan.prompt, sampling, settings.timeout_ms / 1000, ahead.uri)
             except BackendError:

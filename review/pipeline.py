@@ -18,6 +18,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+from phi_lsp.core.chat_format import ChatRenderer
 from phi_lsp.model.backend import Backend, BackendError, Choice, Sampling
 from phi_lsp.core.settings import ReviewSettings
 from phi_lsp.core.documents import Snapshot
@@ -40,12 +41,13 @@ INTERNAL_ERROR = "internal-error"  # a bug of ours while validating one answer (
 @dataclass(frozen=True)
 class ReviewOptions:
     model: str
-    mode: str  # "raw" | "phi3" | "chatml" (resolved)
+    mode: str  # "raw" | "chat" (resolved)
     constrained: bool  # vLLM structured outputs available
     batch_size: int = 32
     max_tokens: int = 320
     timeout_s: float = 180.0
     max_findings_per_file: int = 20
+    chat: ChatRenderer | None = None  # the model's chat format (None: the built-in shape)
 
     @classmethod
     def from_settings(
@@ -65,7 +67,8 @@ class ReviewOptions:
         return Sampling(
             max_tokens=self.max_tokens,
             temperature=0.0,
-            stop=() if self.constrained else stop_sequences(self.mode),
+            stop=() if self.constrained else stop_sequences(self.mode, self.chat),
+            stop_token_ids=self.chat.stop_token_ids if self.chat and self.mode != "raw" and not self.constrained else (),
             logprobs=logprobs,
             constraint=constraint() if self.constrained else None,
         )
@@ -263,7 +266,7 @@ class Reviewer:
                     state.cached += 1
                     continue
                 ctx = PromptContext(job.path, job.snapshot.language, imports, signatures_for(unit, lookup))
-                prompt = render(unit, ctx, options.mode, options.max_tokens, count_tokens, clean)
+                prompt = render(unit, ctx, options.mode, options.max_tokens, count_tokens, clean, options.chat)
                 if prompt is None:
                     state.drops[F.TOO_LONG] += 1
                     continue
@@ -292,9 +295,9 @@ class Reviewer:
 
         def render_large(item: _Item) -> str | None:
             large = escalation.options
-            if large.mode == options.mode and large.max_tokens == options.max_tokens:
+            if large.mode == options.mode and large.max_tokens == options.max_tokens and large.chat is options.chat:
                 return item.prompt
-            return render(item.unit, item.ctx, large.mode, large.max_tokens, count_tokens, clean)
+            return render(item.unit, item.ctx, large.mode, large.max_tokens, count_tokens, clean, large.chat)
 
         async def ask_small(items: list[_Item], may_escalate: bool) -> list[_Item]:
             """The small model's answers; returns the items that should escalate."""

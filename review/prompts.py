@@ -17,8 +17,8 @@ list in whatever came back, and validation does the rest.
 Prompt modes:
 - "raw" (base models such as the demo model): a few-shot "code review notes" document; the
   model continues it after "Review:" with the list.
-- "phi3" (Phi-3, Phi-3.5, Phi-4-mini): `<|system|>...<|end|><|user|>...<|end|><|assistant|>`.
-- "chatml" (Phi-4): `<|im_start|>system<|im_sep|>...<|im_end|>...`.
+- "chat" (Phi instruct models): a system and a user turn in the model's own chat format (a
+  `ChatRenderer`: its template on disk or learned from its server, phi_lsp/core/chat_format.py).
 Chat prompts are rendered here and sent to /v1/completions like raw ones, so all units of a
 save still go out as one list-of-prompts request.
 """
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from phi_lsp.core import chat_format as models
+from phi_lsp.core.chat_format import BUILTIN, ChatRenderer
 
 from phi_lsp.review.units import Unit
 
@@ -85,16 +86,15 @@ def constraint() -> tuple[str, str]:
 
 
 def resolve_mode(mode: str, model: str) -> str:
-    """"raw", "phi3" or "chatml" for a promptMode setting and a served model name."""
-    family = models.prompt_family(model, mode)
-    return "chatml" if family == models.PHI4 else family
+    """"raw" or "chat" for a promptMode setting and a served model name."""
+    return models.prompt_family(model, mode)
 
 
-def stop_sequences(mode: str) -> tuple[str, ...]:
+def stop_sequences(mode: str, chat: ChatRenderer | None = None) -> tuple[str, ...]:
     """Where an unconstrained answer ends (constrained answers end with the regex)."""
     if mode == "raw":
         return ("\n## ", "\nReview:")
-    return models.chat_stops(models.PHI4 if mode == "chatml" else models.PHI3)
+    return (chat or BUILTIN).stops
 
 
 # -- context ---------------------------------------------------------------------------------
@@ -268,14 +268,15 @@ _SYSTEM = (
 )
 
 
-def render_chat(unit: Unit, ctx: PromptContext, mode: str, keep_imports=True, keep_signatures=True) -> str:
+def render_chat(unit: Unit, ctx: PromptContext, chat: ChatRenderer | None = None, keep_imports=True,
+                keep_signatures=True) -> str:
     fence = _FENCE.get(ctx.language or "", "")
     user = (
         f"Review this snippet ({_title(unit, ctx.path)}).\n"
         f"{_context_block(_context_lines(unit, ctx, keep_imports, keep_signatures))}"
         f"```{fence}\n{numbered(unit)}\n```"
     )
-    return models.chat_prompt(models.PHI4 if mode == "chatml" else models.PHI3, _SYSTEM, user)
+    return (chat or BUILTIN).render(_SYSTEM, user)
 
 
 def estimate_tokens(text: str) -> int:
@@ -289,6 +290,7 @@ def render(
     max_tokens: int,
     count_tokens: Callable[[str], int] | None = None,
     clean: Callable[[str], str] = lambda text: text,
+    chat: ChatRenderer | None = None,
 ) -> str | None:
     """The prompt for one unit, made to fit CONTEXT_TOKENS with room for the answer: context
     is dropped first (signatures, then imports), then few-shot examples. None when even the
@@ -302,7 +304,7 @@ def render(
         if mode == "raw":
             prompt = render_raw(unit, ctx, examples, keep_imports, keep_signatures)
         else:
-            prompt = render_chat(unit, ctx, mode, keep_imports, keep_signatures)
+            prompt = render_chat(unit, ctx, chat, keep_imports, keep_signatures)
         prompt = clean(prompt)
         if count(prompt) <= budget:
             return prompt

@@ -8,6 +8,7 @@ from phi_lsp.core import syntax
 from phi_lsp.core.documents import Document
 from phi_lsp.core.symbols import SymbolIndex
 from phi_lsp.core.tokens import TokenCounter
+from tests.test_chat_format import golden
 
 COUNTER = TokenCounter.for_model("phi-code-tiny")  # the bundled model's own tokenizer
 
@@ -88,23 +89,28 @@ def test_raw_prompt_uses_the_training_format():
     assert "\n" in p.stop and "<|endoftext|>" in p.stop
 
 
-def test_chat_templates():
+def test_chat_prompts_are_in_the_models_own_format():
     ctx = build_context(snapshot_of("x = 1\ny = "), 10, 500, COUNTER, "m.py")
-    phi3 = prompts.render(ctx, prompts.PHI3, single_line=True)
+    phi3 = prompts.render(ctx, prompts.CHAT, single_line=True, chat=golden("phi-3-mini-4k-instruct"))
     assert phi3.text.startswith("<|system|>\n") and phi3.text.endswith("<|end|>\n<|assistant|>\n")
-    assert "y = <FILL_HERE>" in phi3.text
-    phi4 = prompts.render(ctx, prompts.PHI4, single_line=False)
+    assert "y = <FILL_HERE>" in phi3.text and phi3.stop[0] == "<|end|>" and "\n" in phi3.stop
+    phi4 = prompts.render(ctx, prompts.CHAT, single_line=False, chat=golden("phi-4"))
     assert phi4.text.startswith("<|im_start|>system<|im_sep|>") and phi4.text.endswith("<|im_start|>assistant<|im_sep|>")
+    assert phi4.stop[0] == "<|im_end|>" and "\n" not in phi4.stop
     messages = prompts.chat_messages(phi4)
     assert [m["role"] for m in messages] == ["system", "user"] and "<FILL_HERE>" in messages[1]["content"]
+    assert golden("phi-4").render(messages[0]["content"], messages[1]["content"]) == phi4.text
+    # Without a format, the documented built-in shape (Phi-4-mini's).
+    builtin = prompts.render(ctx, prompts.CHAT, single_line=True)
+    assert builtin.text.startswith("<|system|>You are") and builtin.text.endswith("<|end|><|assistant|>")
 
 
 def test_family_by_model_name():
-    assert prompts.family("microsoft/Phi-4-mini-instruct") == prompts.PHI3
-    assert prompts.family("microsoft/Phi-3.5-mini-instruct") == prompts.PHI3
-    assert prompts.family("microsoft/Phi-3-mini-4k-instruct") == prompts.PHI3
-    assert prompts.family("microsoft/phi-4") == prompts.PHI4
-    assert prompts.family("phi4-mini") == prompts.PHI3  # Ollama's name
+    assert prompts.family("microsoft/Phi-4-mini-instruct") == prompts.CHAT
+    assert prompts.family("microsoft/Phi-3.5-mini-instruct") == prompts.CHAT
+    assert prompts.family("microsoft/Phi-3-mini-4k-instruct") == prompts.CHAT
+    assert prompts.family("microsoft/phi-4") == prompts.CHAT
+    assert prompts.family("phi4-mini") == prompts.CHAT  # Ollama's name
     assert prompts.family("phi-code-tiny") == prompts.RAW
-    assert prompts.family("phi-code-tiny", "chat") == prompts.PHI3
+    assert prompts.family("phi-code-tiny", "chat") == prompts.CHAT
     assert prompts.family("microsoft/Phi-4-mini-instruct", "raw") == prompts.RAW

@@ -17,6 +17,7 @@ from phi_lsp.review import prompts
 from phi_lsp.review.anchor import line_offsets
 from phi_lsp.review.findings import TRUNCATED, UNPARSEABLE, parse_answer, review_answer
 from phi_lsp.review.units import extract_units
+from tests.test_chat_format import golden
 
 SOURCE = '''import os
 import requests
@@ -96,11 +97,11 @@ def test_unparseable_is_counted():
 
 def test_modes_by_model_name():
     assert prompts.resolve_mode("auto", "phi-code-tiny") == "raw"
-    assert prompts.resolve_mode("auto", "microsoft/Phi-4-mini-instruct") == "phi3"
-    assert prompts.resolve_mode("auto", "microsoft/Phi-3.5-mini-instruct") == "phi3"
-    assert prompts.resolve_mode("auto", "microsoft/phi-4") == "chatml"
+    assert prompts.resolve_mode("auto", "microsoft/Phi-4-mini-instruct") == "chat"
+    assert prompts.resolve_mode("auto", "microsoft/Phi-3.5-mini-instruct") == "chat"
+    assert prompts.resolve_mode("auto", "microsoft/phi-4") == "chat"
     assert prompts.resolve_mode("auto", "some-base-model") == "raw"
-    assert prompts.resolve_mode("chat", "phi-code-tiny") == "phi3"
+    assert prompts.resolve_mode("chat", "phi-code-tiny") == "chat"
     assert prompts.resolve_mode("raw", "microsoft/phi-4") == "raw"
 
 
@@ -120,14 +121,15 @@ def test_raw_prompt_shows_context_numbered_code_and_ends_where_the_answer_starts
     assert "sk-proj-" not in module and "<redacted>" in module  # secrets never reach a prompt
 
 
-def test_chat_prompts_use_the_phi_templates():
+def test_chat_prompts_use_the_models_template():
     u = unit("average")
     ctx = prompts.PromptContext("client.py", "python")
-    phi3 = prompts.render(u, ctx, "phi3", 320)
+    phi3 = prompts.render(u, ctx, "chat", 320, chat=golden("phi-3.5-mini-instruct"))
     assert phi3.startswith("<|system|>\n") and phi3.endswith("<|end|>\n<|assistant|>\n") and "<|user|>\n" in phi3
-    chatml = prompts.render(u, ctx, "chatml", 320)
+    chatml = prompts.render(u, ctx, "chat", 320, chat=golden("phi-4"))
     assert chatml.startswith("<|im_start|>system<|im_sep|>") and chatml.endswith("<|im_start|>assistant<|im_sep|>")
     assert "13 |     total = sum(values)" in chatml
+    assert prompts.stop_sequences("chat", golden("phi-4"))[0] == "<|im_end|>"
 
 
 def test_prompts_fit_the_context_by_dropping_context_first():

@@ -289,7 +289,7 @@ def _context(**changes) -> CompletionContext:
     return CompletionContext(**values)
 
 
-@pytest.mark.parametrize("family", [prompts.RAW, prompts.PHI3, prompts.PHI4])
+@pytest.mark.parametrize("family", [prompts.RAW, prompts.CHAT])
 def test_the_default_template_renders_the_built_in_prompt(family):
     ctx = _context()
     template = prompts.DEFAULT_TEMPLATES[prompts.RAW if family == prompts.RAW else "chat"]

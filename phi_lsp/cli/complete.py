@@ -18,7 +18,8 @@ from phi_lsp.core.settings import SettingsManager
 from phi_lsp.core.documents import Document
 from phi_lsp.model.managed_vllm import ManagedVllmError
 from phi_lsp.core.privacy import PrivacyFilter
-from phi_lsp.model.cli_backend import cli_backend
+from phi_lsp.core.chat_format import CHAT, prompt_family
+from phi_lsp.model.cli_backend import chat_format, cli_backend
 from phi_lsp.core.symbols import SymbolIndex
 from phi_lsp.core.tokens import TokenCounter
 
@@ -56,7 +57,11 @@ async def complete_file(manager: SettingsManager, path: Path, line: int, column:
     index = SymbolIndex(exclude=privacy.is_excluded)
     await index.build([root])
     async with backend_factory(manager) as cli:
-        model = Model(cli.backend, Batcher(cli.backend), cli.completion_model, TokenCounter.for_model(cli.model_source))
+        chat = None
+        if prompt_family(cli.completion_model, settings.completion.prompt_mode) == CHAT:
+            chat = await chat_format(cli, cli.completion_model)
+        model = Model(cli.backend, Batcher(cli.backend), cli.completion_model, TokenCounter.for_model(cli.model_source),
+                      chat=chat)
         service = CompletionService(
             model=lambda: model,
             settings=lambda: settings.completion,

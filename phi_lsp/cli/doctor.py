@@ -7,6 +7,8 @@ import shutil
 import sys
 
 from phi_lsp import __version__
+from phi_lsp.core.chat_format import CHAT, prompt_family
+from phi_lsp.core.chat_template import find_chat_template
 from phi_lsp.model.backend import Backend, BackendError
 from phi_lsp.core.privacy import mask_known
 from phi_lsp.core.settings import SettingsManager, all_keys, redacted
@@ -51,8 +53,6 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
                 f"The backend does not answer: {exc.reason}. Start it (for example "
                 f"`vllm serve {settings.completion.model}`), or fix backend.url."
             )
-        finally:
-            await backend.aclose()
         if served is not None:
             say(f"  reachable; serves: {', '.join(served) or '(nothing)'}")
             for task in ("completion", "review"):
@@ -64,12 +64,18 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
                     )
                 else:
                     say(f"  {task}.model {model!r}: served")
+            if b.kind == "vllm":
+                await _check_chat_formats(settings, backend, say, problems)
+        await backend.aclose()
     else:
         choice = choose_model(settings, model_configured(manager))
         say("Backend: none configured (backend.url unset), so phi-lsp starts a managed local vLLM.")
         say(f"  it would serve: {choice.served_name} ({choice.source})")
         if choice.note:
             say(f"  note: {choice.note}")
+        if prompt_family(choice.served_name, settings.completion.prompt_mode) == CHAT:
+            template = find_chat_template(choice.source)
+            say(f"  chat prompts: {template.source_note if template else 'learned from the managed vLLM once it runs'}")
         say(f"  GPU: {'found' if has_gpu() else 'none found'}")
         running = find_serve_model(choice)
         if running:
@@ -92,6 +98,26 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
     say("Everything looks right.")
     return 0
 
+
+
+async def _check_chat_formats(settings, backend: Backend, say, problems: list[str]) -> None:
+    """Which chat format the models with chat prompts get; the built-in fallback is a problem."""
+    from phi_lsp.model.chat_formats import ChatFormats
+
+    formats = ChatFormats()
+    modes = {"completion": settings.completion.prompt_mode, "review": "auto"}
+    for task, mode in modes.items():
+        model = getattr(settings, task).model
+        if prompt_family(model, mode) != CHAT:
+            continue
+        chat = await formats.get(backend, model)
+        say(f"  {task}.model {model!r}: chat prompts in {chat.source_note}")
+        if chat.fallback:
+            problems.append(
+                f"The chat template of {model!r} could not be read or learned from {backend.url} (vLLM's /tokenize); "
+                "chat prompts use a built-in Phi-4-mini shape that may not be the model's own. Serve the model with "
+                "vLLM (which exposes /tokenize), or put its files (tokenizer_config.json) in the Hugging Face cache."
+            )
 
 
 async def _check_endpoints(settings, say, problems: list[str]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from phi_lsp.core.settings import SettingsManager
@@ -84,7 +85,7 @@ async def run_review(
     manager: SettingsManager, paths: list[str], fmt: str = "text", fail_on: str = "never", progress: bool = True
 ) -> int:
     from phi_lsp.model.managed_vllm import ManagedVllmError
-    from phi_lsp.model.cli_backend import cli_backend
+    from phi_lsp.model.cli_backend import chat_format, cli_backend
     from phi_lsp.core.tokens import TokenCounter
 
     settings = manager.settings
@@ -112,6 +113,8 @@ async def run_review(
             if cb.note:
                 print(f"phi-lsp: {cb.note}", file=sys.stderr)
             options = ReviewOptions.from_settings(settings.review, cb.review_model, cb.backend)
+            if options.mode == "chat":
+                options = replace(options, chat=await chat_format(cb, cb.review_model))
             counter = TokenCounter.for_model(cb.model_source)
             reviewer = Reviewer()
             try:

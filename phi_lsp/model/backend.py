@@ -46,6 +46,9 @@ class Sampling:
     max_tokens: int
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    # Token ids that end the answer (vLLM only): a chat template's end-of-turn token is a special
+    # token, which vLLM leaves out of the text it matches `stop` strings against.
+    stop_token_ids: tuple[int, ...] = ()
     logprobs: bool = False
     n: int = 1
     # vLLM structured output: ("regex", pattern) | ("grammar", ebnf) | ("json", schema-as-json)
@@ -268,6 +271,8 @@ class Backend:
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.stop_token_ids and self.kind == "vllm":
+            body["stop_token_ids"] = list(sampling.stop_token_ids)
         if sampling.logprobs and self.supports_logprobs:
             body["logprobs"] = 1
         if sampling.constraint and self.supports_constraints:
@@ -295,6 +300,33 @@ class Backend:
         data = await self._post("/chat/completions", body, timeout_s, prompts=1)
         return self._parsed(_parse_chat, data)
 
+    # -- vLLM's tokenizer endpoints (at the server's root, beside /v1) ----------------------
+
+    @property
+    def root_url(self) -> str:
+        return self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
+
+    async def tokenize_chat(
+        self, model: str, messages: list[dict[str, str]], add_generation_prompt: bool = True,
+        timeout_s: float | None = None,
+    ) -> list[int]:
+        """The token ids of `messages` rendered with the served model's chat template."""
+        body = {"model": model, "messages": messages, "add_generation_prompt": add_generation_prompt}
+        data = await self._request("POST", "/tokenize", body, timeout_s, root=True)
+        return self._parsed(_parse_tokens, data)[0]
+
+    async def tokenize_text(self, model: str, text: str, timeout_s: float | None = None) -> tuple[list[int], list[str]]:
+        """The token ids and token strings of plain text (no special tokens added)."""
+        body = {"model": model, "prompt": text, "add_special_tokens": False, "return_token_strs": True}
+        data = await self._request("POST", "/tokenize", body, timeout_s, root=True)
+        return self._parsed(_parse_tokens, data)
+
+    async def detokenize(self, model: str, tokens: list[int], timeout_s: float | None = None) -> str:
+        data = await self._request("POST", "/detokenize", {"model": model, "tokens": tokens}, timeout_s, root=True)
+        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            raise BackendBadResponse(f"{self.root_url}/detokenize answered an unexpected shape")
+        return data["prompt"]
+
     async def list_models(self, timeout_s: float | None = None) -> list[str]:
         data = await self._request("GET", "/models", None, timeout_s or self._connect_timeout * 2)
         try:
@@ -321,7 +353,7 @@ class Backend:
             self.on_usage(str(body.get("model", "")), prompt_tokens, completion_tokens)
         return data
 
-    async def _request(self, method: str, path: str, body: dict | None, timeout_s: float | None) -> Any:
+    async def _request(self, method: str, path: str, body: dict | None, timeout_s: float | None, root: bool = False) -> Any:
         import httpx
 
         self.stats.http_requests += 1
@@ -335,7 +367,7 @@ class Backend:
                 # httpx's read timeout is per read; the deadline bounds a slow drip as well.
                 async with asyncio.timeout(total):
                     response = await self._client.request(
-                        method, self.url + path, json=body, timeout=timeout
+                        method, (self.root_url if root else self.url) + path, json=body, timeout=timeout
                     )
             except httpx.ConnectError as exc:
                 raise BackendUnreachable(f"cannot connect to {self.url} ({_short(exc)})") from exc
@@ -473,6 +505,15 @@ def _parse_completions(data: Any, prompts: int, n: int) -> list[list[Choice]]:
     if any(len(r) != n for r in results):
         raise BackendBadResponse("the completion response is missing choices")
     return results
+
+
+def _parse_tokens(data: Any) -> tuple[list[int], list[str]]:
+    try:
+        tokens = [int(t) for t in data["tokens"]]
+        strs = data.get("token_strs") or []
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackendBadResponse(f"/tokenize answered an unexpected shape: {exc!r}") from exc
+    return tokens, [str(s) for s in strs]
 
 
 def _parse_chat(data: Any) -> list[Choice]:

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 
+from phi_lsp.core.chat_format import ChatRenderer
 from phi_lsp.core.paths import state_dir
 from phi_lsp.model.backend import Backend
+from phi_lsp.model.chat_formats import ChatFormats
 from phi_lsp.core.settings import SettingsManager
 from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
 
@@ -32,6 +34,20 @@ class CliBackend:
     model_source: str  # path or hub id (for the tokenizer)
     note: str = ""
     pool: Any = None  # the EndpointPool when backend.endpoints is set (backend then routes)
+
+
+_CHAT_FORMATS = ChatFormats(tell=lambda message: print(message, file=sys.stderr))
+
+
+async def chat_format(cb: CliBackend, model: str) -> ChatRenderer:
+    """`model`'s chat format (its files on disk, else learned from the server serving it)."""
+    backend, served = cb.backend, model
+    if cb.pool is not None:
+        serving = cb.pool.serving(model)
+        if serving:
+            backend, served = serving[0].backend, serving[0].spec.served_name(model)
+    files = cb.model_source if model == cb.completion_model else None
+    return await _CHAT_FORMATS.get(backend, served, files)
 
 
 def model_configured(manager: SettingsManager) -> bool:

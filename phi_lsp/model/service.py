@@ -21,7 +21,9 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from phi_lsp.core.chat_format import ChatRenderer
 from phi_lsp.model.backend import Backend, BackendError, Health
+from phi_lsp.model.chat_formats import ChatFormats
 from phi_lsp.model.batching import Batcher
 from phi_lsp.core.settings import Settings
 from phi_lsp.model.endpoints import EndpointPool, EndpointSpec, RoutedBackend, RoutedBatcher
@@ -70,6 +72,8 @@ class ModelService:
         self.batcher: Batcher | None = None
         self.pool: EndpointPool | None = None
         self.router = Router(tell_user=inform_user)
+        # Each model's chat format, found once; a fallback to the built-in shape is said once.
+        self.chat_formats = ChatFormats(tell=inform_user)
         self.managed: ManagedVllm | None = None
         self.managed_choice: ModelChoice | None = None
         self._start_task: asyncio.Task | None = None
@@ -245,6 +249,24 @@ class ModelService:
         if self.settings.backend.url is None and self.managed_choice is not None:
             return self.managed_choice.source
         return self.model_for(task)
+
+    def _chat_member(self, model: str):
+        serving = [m for m in self.pool.serving(model) if m.available] if self.pool is not None else []
+        return serving[0] if serving else None
+
+    async def prepare_chat_format(self, model: str) -> ChatRenderer | None:
+        """Find `model`'s chat format (its files on disk, else learned from its server) once;
+        None while no endpoint serving it can take a request."""
+        member = self._chat_member(model)
+        if member is None:
+            return None
+        files = self.managed_choice.source if self.settings.backend.url is None and self.managed_choice else None
+        return await self.chat_formats.get(member.backend, member.spec.served_name(model), files)
+
+    def chat_format(self, model: str) -> ChatRenderer | None:
+        """`model`'s chat format when it has been found (prepare_chat_format), else None."""
+        member = self._chat_member(model)
+        return self.chat_formats.known(member.backend, member.spec.served_name(model)) if member else None
 
     def token_counter(self, task: str) -> TokenCounter:
         return TokenCounter.for_model(self.model_source(task))

@@ -22,6 +22,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from phi_lsp.completion.context import Snippet
 from phi_lsp.completion.service import AUTO, INVOKED, CompletionService, Model, Request
 
+from phi_lsp.core.chat_format import CHAT, prompt_family
 from phi_lsp.core.symbols import SymbolIndex
 from phi_lsp.lsp.context import ServerContext
 from phi_lsp.lsp.features.base import Feature
@@ -97,7 +98,20 @@ class CompletionFeature(Feature):
         batcher = service.routed_batcher()
         if backend is None or batcher is None:
             return None
-        return Model(backend, batcher, name, service.token_counter_for(name), service.served_name(name))
+        return Model(backend, batcher, name, service.token_counter_for(name), service.served_name(name),
+                     service.chat_format(name))
+
+    async def _prepare_chat(self) -> None:
+        """Find the chat format of the models that get chat prompts (once each; after that a
+        lookup), so that the first prompt is already in the model's own format."""
+        service = self.server.service
+        mode = self.server.settings.completion.prompt_mode
+        for name in filter(None, (service.model_for("completion"), service.escalation_model("completion"))):
+            if prompt_family(service.served_name(name), mode) == CHAT:
+                try:
+                    await service.prepare_chat_format(name)
+                except Exception:  # a bug of ours must not cost the completion
+                    log.exception("finding the chat format of %s failed", name)
 
     def display_path(self, path: str) -> str:
         candidate = Path(path)
@@ -180,6 +194,7 @@ class CompletionFeature(Feature):
         snapshot = document.snapshot()
         path = path_of(uri)
         request = Request(uri, snapshot, document.offset_at(position), trigger, path, self.display_path(path))
+        await self._prepare_chat()
         result = await self.service.suggest(request)
         current = self.server.documents.get(uri)
         if current is None or current.version != snapshot.version:

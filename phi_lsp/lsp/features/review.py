@@ -207,6 +207,7 @@ class ReviewFeature(Feature):
         if backend is None:
             return {"reviewed": False, "reason": "the model is not ready"}
         job = FileJob(document.snapshot(), self._display_path(uri))
+        await self._prepare_chat()
         results = await self.reviewer.review(
             [job], backend, self._options(backend), lookup=self._lookup,
             clean=self.server.privacy.clean, sendable=self.server.privacy.sendable, count_tokens=self._count_tokens(),
@@ -247,6 +248,7 @@ class ReviewFeature(Feature):
             progress.end("Cancelled" if task.cancelled() or task.cancelling() else "Done")
 
     async def _review_workspace(self, backend, progress: ProgressReporter) -> dict:
+        await self._prepare_chat()
         jobs: list[FileJob] = []
         on_disk: set[str] = set()
         for number, path in enumerate(iter_source_files(self.server.workspace_roots, self.server.privacy.is_excluded)):
@@ -422,7 +424,19 @@ class ReviewFeature(Feature):
 
     def _options(self, backend) -> ReviewOptions:
         settings = self.server.settings
-        return ReviewOptions.from_settings(settings.review, self.server.service.model_for("review"), backend)
+        name = self.server.service.model_for("review")
+        options = ReviewOptions.from_settings(settings.review, name, backend)
+        return replace(options, chat=self.server.service.chat_format(name))
+
+    async def _prepare_chat(self) -> None:
+        """Find the chat format of the review models that get chat prompts (once each)."""
+        service = self.server.service
+        for name in filter(None, (service.model_for("review"), service.escalation_model("review"))):
+            if resolve_mode("auto", service.served_name(name)) == "chat":
+                try:
+                    await service.prepare_chat_format(name)
+                except Exception:  # a bug of ours must not cost the review
+                    log.exception("finding the chat format of %s failed", name)
 
     def _escalation(self) -> Escalation | None:
         """review.escalationModel, when an endpoint serving it can take requests now."""
@@ -435,7 +449,7 @@ class ReviewFeature(Feature):
             service.router.unavailable("review", name)
             return None
         options = ReviewOptions.from_settings(self.server.settings.review, name, backend)
-        options = replace(options, mode=resolve_mode("auto", service.served_name(name)))
+        options = replace(options, mode=resolve_mode("auto", service.served_name(name)), chat=service.chat_format(name))
         return Escalation(backend, options, service.router, self.server.settings.routing.review_min_confidence)
 
     def _lookup(self, name: str) -> list:
