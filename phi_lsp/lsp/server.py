@@ -383,6 +383,8 @@ def collect_stats(ls: PhiServer) -> dict:
             "byPath": dict(backend.stats.by_path),
         },
         "batching": None if batcher is None else vars(batcher.stats).copy(),
+        # Which chat format each model's prompts are in (its template, learned, or the fallback).
+        "chatFormats": ls.service.chat_formats.describe(),
         # Cheap health figures for soak runs: live asyncio tasks, resident memory.
         "process": {"pid": os.getpid(), "asyncioTasks": _task_count(), "rssBytes": _rss_bytes(),
                     "backgroundTasks": len(ls._tasks), "pendingMessages": len(ls.protocol._request_futures)},

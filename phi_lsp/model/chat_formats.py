@@ -95,6 +95,13 @@ class ChatFormats:
         self._pending: dict[tuple[str, str], asyncio.Task] = {}
         self._tell = tell or (lambda message: None)
 
+    def describe(self) -> dict[str, dict]:
+        """Per served model (and server): where its chat format came from (for phi.stats)."""
+        return {
+            f"{model} @ {url}": {"source": chat.source_note, "fallback": chat.fallback, "stops": list(chat.stops)}
+            for (url, model), chat in self._known.items()
+        }
+
     def known(self, backend: Backend, model: str) -> ChatRenderer | None:
         return self._known.get((backend.url, model))
 
