@@ -198,7 +198,7 @@ def _special_tokens(directory: Path, config: dict) -> dict[str, int]:
         if text is not None and str(key).isdigit():
             special[text] = int(key)
     tokenizer = directory / "tokenizer.json"
-    if tokenizer.is_file():
+    if not special and tokenizer.is_file():  # tokenizer.json is large: read only when needed
         try:
             for entry in _read_json(tokenizer).get("added_tokens") or []:
                 if isinstance(entry, dict) and isinstance(entry.get("content"), str) and isinstance(entry.get("id"), int):
