@@ -29,7 +29,7 @@ from phi_lsp.review import findings as F
 from phi_lsp.review.anchor import line_offsets, place_in_unit
 from phi_lsp.review.complexity import measure
 from phi_lsp.review.findings import Finding, Placed
-from phi_lsp.review.prompts import PromptContext, constraint, file_imports, render, resolve_mode, signatures_for, stop_sequences
+from phi_lsp.review.prompts import PromptContext, chat_messages, constraint, file_imports, render, resolve_mode, signatures_for, stop_sequences
 from phi_lsp.review.units import Unit, extract_units
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,11 @@ class _FileState:
     error: str | None = None
     offsets: dict[str, list[int]] = field(default_factory=dict)
     escalated: int = 0
+
+
+async def _first(call) -> list[Choice]:
+    """The choices of the one prompt of a completion call."""
+    return (await call)[0]
 
 
 def _identity(text: str) -> str:
@@ -430,7 +435,10 @@ class Reviewer:
                 self.stats.units_sent += 1
         self.stats.requests += 1 if backend.supports_batching else len(prompts)
         try:
-            if isinstance(backend, RoutedBackend) and chunk:
+            if options.mode == "chat" and not backend.supports_batching:
+                # An OpenAI-compatible server applies the model's template to messages itself.
+                answers = await self._chat(backend, options, sampling, chunk, prompts)
+            elif isinstance(backend, RoutedBackend) and chunk:
                 # An endpoint pool: the file asking keeps its endpoint (prefix cache).
                 answers = await backend.complete(
                     options.model, prompts, sampling, timeout_s=options.timeout_s, affinity=chunk[0].state.job.snapshot.uri
@@ -442,6 +450,18 @@ class Reviewer:
             return [exc] * len(prompts)
         self.stats.answers_by_model[options.model] += len(prompts)
         return [choices[0] if choices else Choice("", None) for choices in answers]
+
+    @staticmethod
+    async def _chat(backend, options: ReviewOptions, sampling: Sampling, chunk: list[_Item], prompts: list[str]):
+        calls = []
+        for prompt, item in zip(prompts, chunk or [None] * len(prompts)):
+            messages = chat_messages(prompt, options.chat)
+            if messages is None:  # not a prompt of ours: send it as it is
+                calls.append(_first(backend.complete(options.model, [prompt], sampling, timeout_s=options.timeout_s)))
+                continue
+            extra = {"affinity": item.state.job.snapshot.uri} if isinstance(backend, RoutedBackend) and item else {}
+            calls.append(backend.chat(options.model, messages, sampling, timeout_s=options.timeout_s, **extra))
+        return await asyncio.gather(*calls)
 
     def _failed(self, item: _Item, error: BackendError) -> None:
         state = item.state

@@ -20,7 +20,8 @@ Prompt modes:
 - "chat" (Phi instruct models): a system and a user turn in the model's own chat format (a
   `ChatRenderer`: its template on disk or learned from its server, phi_lsp/core/chat_format.py).
 Chat prompts are rendered here and sent to /v1/completions like raw ones, so all units of a
-save still go out as one list-of-prompts request.
+save still go out as one list-of-prompts request; on `backend.kind = openai` they go as
+messages to /v1/chat/completions (the server applies the model's template).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from phi_lsp.core import chat_format as models
-from phi_lsp.core.chat_format import BUILTIN, ChatRenderer
+from phi_lsp.core.chat_format import BUILTIN, ChatRenderer, ChatShape
 
 from phi_lsp.review.units import Unit
 
@@ -277,6 +278,14 @@ def render_chat(unit: Unit, ctx: PromptContext, chat: ChatRenderer | None = None
         f"```{fence}\n{numbered(unit)}\n```"
     )
     return (chat or BUILTIN).render(_SYSTEM, user)
+
+
+def chat_messages(prompt: str, chat: ChatRenderer | None) -> list[dict[str, str]] | None:
+    """A rendered chat prompt as messages again, for servers that apply the template themselves
+    (backend.kind = openai renders with a plain shape); None when it cannot be split."""
+    chat = chat or BUILTIN
+    user = chat.user_of(_SYSTEM, prompt) if isinstance(chat, ChatShape) else None
+    return None if user is None else chat.messages(_SYSTEM, user)
 
 
 def estimate_tokens(text: str) -> int:

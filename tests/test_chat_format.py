@@ -261,3 +261,38 @@ def test_a_model_the_server_cannot_render_falls_back_once(vllm_url):
             await backend.aclose()
 
     assert all(r is cf.BUILTIN for r in asyncio.run(run())) and len(told) == 1
+
+
+def test_review_on_an_openai_kind_server_sends_messages_to_chat_completions(vllm_url):
+    # vLLM serves /v1/chat/completions too: as backend.kind = openai it stands for Ollama & co.
+    from dataclasses import replace
+
+    from phi_lsp.core.documents import Document
+    from phi_lsp.core.settings import ReviewSettings
+    from phi_lsp.review.pipeline import FileJob, Reviewer, ReviewOptions
+
+    text = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+
+    async def run():
+        backend = Backend(vllm_url, kind="openai")
+        try:
+            chat = await ChatFormats().get(backend, "phi-code-tiny")
+            options = ReviewOptions.from_settings(ReviewSettings(max_tokens=16), "phi-code-tiny", backend)
+            options = replace(options, mode="chat", chat=chat)
+            job = FileJob(Document("file:///w/m.py", text, 1, "python").snapshot(), "m.py")
+            [result] = await Reviewer().review([job], backend, options)
+            return result, dict(backend.stats.by_path)
+        finally:
+            await backend.aclose()
+
+    result, paths = asyncio.run(run())
+    assert result.units_sent == 2 and result.units_failed == 0
+    assert paths == {"/chat/completions": 2}
+
+
+def test_a_served_name_never_reads_a_template_from_the_working_directory(tmp_path, monkeypatch):
+    model_dir(tmp_path / "org" / "model", golden_data("phi-4")["chat_template"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-cache"))
+    assert find_chat_template("org/model") is None
+    assert find_chat_template(str(tmp_path / "org" / "model")).render("S", "U") == golden_data("phi-4")["expected"]

@@ -128,6 +128,13 @@ class ChatShape:
     def messages(self, system: str, user: str) -> list[dict[str, str]]:
         return messages(system, user)
 
+    def user_of(self, system: str, text: str) -> str | None:
+        """The user turn of a prompt this shape rendered with `system`; None if it did not."""
+        start = self.head + (system + FOLD_SEPARATOR if self.folds_system else system + self.between)
+        if not text.startswith(start) or not text.endswith(self.tail) or len(text) < len(start) + len(self.tail):
+            return None
+        return text[len(start) : len(text) - len(self.tail)]
+
 
 def shape_from(rendered: str, system: str, user: str, folded: bool = False) -> tuple[str, str, str] | None:
     """(head, between, tail) of a rendered probe; None when the sentinels are not each there

@@ -242,12 +242,14 @@ def model_dirs(model: str) -> list[Path]:
     from phi_lsp.core.paths import bundled_model
     from phi_lsp.core.tokens import _hub_cache
 
+    # Only an absolute path is a directory: a served name such as "org/model" must not pick up a
+    # folder of that name in the workspace the server happens to run in.
     direct = Path(model).expanduser()
-    found = [direct] if direct.is_dir() else []
+    found = [direct] if direct.is_absolute() and direct.is_dir() else []
     bundled = bundled_model(model)
     if bundled is not None:
         found.append(bundled)
-    if "/" in model and not direct.exists():
+    if "/" in model and not direct.is_absolute():
         snapshots = _hub_cache() / ("models--" + model.replace("/", "--")) / "snapshots"
         if snapshots.is_dir():
             found += sorted(p for p in snapshots.iterdir() if p.is_dir())
