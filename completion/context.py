@@ -272,11 +272,10 @@ def _statement_boundary(tree, source: bytes, start: int, cursor: int) -> int:
     holds the cursor and begins before `start` (the module if none does)."""
     node = tree.root_node.named_descendant_for_byte_range(max(0, cursor - 1), cursor)
     container = tree.root_node
-    while node is not None:
+    for node in syntax.ancestors(tree.root_node, node):
         if node.start_byte < start and node.end_byte >= cursor and node.type in _BODY_TYPES:
             container = node
             break
-        node = node.parent
     for child in container.named_children:
         if child.start_byte >= start:
             return source.rfind(b"\n", 0, child.start_byte) + 1
@@ -326,7 +325,7 @@ def _scope_headers(snapshot: Snapshot, cursor: int, before: int) -> list[str]:
     """Headers (with their indentation) of enclosing definitions that start before `before`."""
     spec = syntax.spec_for(snapshot.language)
     node = snapshot.tree.root_node.named_descendant_for_byte_range(max(0, cursor - 1), cursor)
-    scopes = syntax.enclosing(node, spec.functions | spec.classes)
+    scopes = syntax.enclosing(snapshot.tree.root_node, node, spec.functions | spec.classes)
     headers = []
     source = snapshot.source
     for scope in reversed(scopes):  # outermost first

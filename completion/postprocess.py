@@ -78,12 +78,11 @@ def _inside_string_or_comment(info: CursorInfo) -> bool:
     if info.tree is None:
         return False
     position = max(0, info.cursor - 1)
-    node = info.tree.root_node.descendant_for_byte_range(position, position)
-    while node is not None:
+    root = info.tree.root_node
+    for node in syntax.ancestors(root, root.descendant_for_byte_range(position, position)):
         if "comment" in node.type or node.type in ("string", "string_content", "template_string", "raw_string_literal", "string_literal"):
             # The cursor right after a closing quote is outside the string.
             return node.end_byte > info.cursor or (node.end_byte == info.cursor and "comment" in node.type)
-        node = node.parent
     return False
 
 

@@ -25,7 +25,16 @@ issue where one exists). Nothing else in phi-lsp reaches into pygls' private par
   Content-Length costs one message instead of the session, and an absurd one is never read
   into memory; pygls' reader drops the connection or raises.
 - Error reports (QuietLanguageServer.report_server_error): pygls pops up a window message for
-  every failed notification handler; we log it.
+  every failed notification handler; we log it (an error answer such as MethodNotFound, the
+  client's mistake, at INFO).
+- Tracebacks (_send_response): pygls answers an uncaught exception with -32603 and the Python
+  traceback (file paths, code) in `error.data` (JsonRpcInternalError.of); the editor gets the
+  message only, the traceback stays in the log (issue 11; no upstream issue found, the nearest
+  is openlawlibrary/pygls#548 on the message's wording).
+- Expected error answers (_send_handler_result, structure_message): a handler raising a
+  JsonRpcException (a document that is not open) and a message a client got wrong (a negative
+  line) are logged by pygls at ERROR with a full traceback; here one INFO/WARNING line, and the
+  InvalidParams answer says what was wrong.
 """
 
 from __future__ import annotations
@@ -38,10 +47,16 @@ import threading
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from cattrs import ClassValidationError, transform_error
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
-from pygls.protocol.json_rpc import JsonRPCProtocol
+from pygls.protocol.json_rpc import (
+    JsonRPCNotification,
+    JsonRPCProtocol,
+    JsonRPCRequestMessage,
+    JsonRPCResponseMessage,
+)
 from pygls.protocol.language_server import lsp_method
 
 from phi_lsp.lsp.context import DocumentHost
@@ -175,6 +190,55 @@ class PhiProtocol(LanguageServerProtocol):
 
     # -- replies ---------------------------------------------------------------------------
 
+    def _send_handler_result(self, future, *, msg_id):
+        # A handler that raises a JsonRpcException answers the request with that error on
+        # purpose (a document that is not open, say): an expected condition, worth one log
+        # line. pygls logs it at ERROR with a full traceback and reports it as a server error.
+        if not future.cancelled() and isinstance(error := future.exception(), JsonRpcException):
+            self._request_futures.pop(msg_id, None)
+            log.info("request %s answered with error %s: %s", msg_id, error.code, error.message)
+            self._send_response(msg_id, error=error.to_response_error())
+            return
+        super()._send_handler_result(future, msg_id=msg_id)
+
+    def structure_message(self, data: dict[str, Any]):
+        """pygls' decoding of a message, but a message a client got wrong (a negative line,
+        a missing field) is one WARNING line, not an ERROR with cattrs' whole traceback. The
+        error raised is answered by `receive`."""
+        if "jsonrpc" not in data:
+            return data
+        try:
+            return self._converter.structure(data, self._message_type(data))
+        except ClassValidationError as exc:
+            detail = "; ".join(transform_error(exc))[:500]
+            log.warning("invalid %s message: %s", data.get("method") or "response", detail)
+            raise JsonRpcInvalidParams(detail) from exc
+        except Exception as exc:
+            log.warning("undecodable %s message: %s", data.get("method") or "response", str(exc)[:500])
+            raise JsonRpcInternalError() from exc
+
+    def _message_type(self, data: dict[str, Any]) -> Any:
+        """The lsprotocol type to decode `data` as (the choice pygls' structure_message makes)."""
+        if "id" not in data:
+            return self.get_message_type(data.get("method", "")) or JsonRPCNotification
+        if "error" in data:
+            return types.ResponseErrorMessage
+        if "method" in data:
+            return self.get_message_type(data["method"]) or JsonRPCRequestMessage
+        return self._result_types.pop(data["id"], None) or JsonRPCResponseMessage
+
+    def _send_response(self, msg_id: Any, result: Any = None, error: types.ResponseError | None = None) -> None:
+        # pygls answers a handler's uncaught exception with -32603 and the Python traceback
+        # (file paths, code lines) in `error.data` (JsonRpcInternalError.of). No upstream issue
+        # asks for another behaviour (pygls#548 is about the message's wording). pygls has
+        # already logged the traceback (logger.exception); the editor gets the one-line message.
+        if error is not None and isinstance(error.data, dict) and "traceback" in error.data:
+            rest = {k: v for k, v in error.data.items() if k != "traceback"}
+            error = types.ResponseError(
+                code=error.code, message=f"{error.message} (details are in phi-lsp's log)", data=rest or None
+            )
+        super()._send_response(msg_id, result, error)
+
     def send_error(self, msg_id: Any, code: int, message: str) -> None:
         self._send_response(msg_id, error=types.ResponseError(code=code, message=message))
 
@@ -196,6 +260,8 @@ class PhiProtocol(LanguageServerProtocol):
             if "id" in data and "method" in data:
                 code = INVALID_PARAMS if isinstance(exc, JsonRpcInvalidParams) else INVALID_REQUEST
                 message_text = f"Invalid params for {data['method']}"
+                if isinstance(exc, JsonRpcInvalidParams) and exc.message != exc.MESSAGE:
+                    message_text += f" ({exc.message})"
                 refused = self._lifecycle_error(data["method"])
                 if refused is not None:  # the lifecycle answers first, whatever the params
                     code, message_text = refused
@@ -264,5 +330,8 @@ class StreamReader:
 
 class QuietLanguageServer(LanguageServer):
     def report_server_error(self, error: Exception, source: Any) -> None:
-        # pygls would pop up a message for every failed notification; log it instead.
-        log.error("internal error (%s): %s", getattr(source, "__name__", source), error)
+        # pygls would pop up a message for every failed notification; log it instead. An error
+        # answer such as MethodNotFound is the client's mistake, not ours: one INFO line.
+        level = logging.INFO if isinstance(error, JsonRpcException) and error.code != -32603 else logging.ERROR
+        log.log(level, "%s (%s): %s", "internal error" if level == logging.ERROR else "error answer",
+                getattr(source, "__name__", source), error)

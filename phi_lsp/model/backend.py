@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 0.5
+# An answer body larger than this is not read on (it would all be held in memory): a malformed
+# answer. A completion or review answer is a few kilobytes; /models, a few hundred bytes.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_PROBES = 8  # probe attempts in flight at once (each bounded by 2x the connect timeout)
 
 
@@ -60,7 +63,7 @@ class Choice:
     text: str
     finish_reason: str | None = None
     tokens: list[str] | None = None
-    token_logprobs: list[float] | None = None
+    token_logprobs: list[float | None] | None = None
 
     @property
     def truncated(self) -> bool:
@@ -366,9 +369,10 @@ class Backend:
             try:
                 # httpx's read timeout is per read; the deadline bounds a slow drip as well.
                 async with asyncio.timeout(total):
-                    response = await self._client.request(
+                    async with self._client.stream(
                         method, (self.root_url if root else self.url) + path, json=body, timeout=timeout
-                    )
+                    ) as response:
+                        content = await self._read_capped(response)
             except httpx.ConnectError as exc:
                 raise BackendUnreachable(f"cannot connect to {self.url} ({_short(exc)})") from exc
             except (httpx.TimeoutException, TimeoutError) as exc:
@@ -377,7 +381,7 @@ class Backend:
                 raise BackendServerError(
                     f"the connection to {self.url} broke ({_short(exc)})"
                 ) from exc
-            return self._decode(response)
+            return self._decode(response, content)
         except BackendError as exc:
             self.stats.failures += 1
             if exc.outage:
@@ -387,18 +391,32 @@ class Backend:
             self.stats.in_flight -= 1
             self.on_activity(self.stats.in_flight)
 
-    def _decode(self, response: "httpx.Response") -> Any:
+    async def _read_capped(self, response: "httpx.Response") -> bytes:
+        """The body, read in chunks and given up past MAX_RESPONSE_BYTES (never held whole)."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+            raise BackendBadResponse(f"{self.url} answered {int(declared)} bytes, more than the {_mib(MAX_RESPONSE_BYTES)} allowed")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise BackendBadResponse(f"{self.url} answered more than the {_mib(MAX_RESPONSE_BYTES)} allowed")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _decode(self, response: "httpx.Response", content: bytes) -> Any:
         status = response.status_code
         if status == 429 or status == 503:
             retry = _retry_after(response.headers.get("retry-after"))
             self.health.retry_after = time.monotonic() + retry
             raise BackendOverloaded(f"{self.url} is overloaded (HTTP {status})")
         if status >= 500:
-            raise BackendServerError(f"{self.url} failed (HTTP {status}: {_body_hint(response)})")
+            raise BackendServerError(f"{self.url} failed (HTTP {status}: {_body_hint(response, content)})")
         if status >= 400:
-            raise BackendRequestError(f"{self.url} refused the request (HTTP {status}: {_body_hint(response)})")
+            raise BackendRequestError(f"{self.url} refused the request (HTTP {status}: {_body_hint(response, content)})")
         try:
-            return response.json()
+            return json.loads(content)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BackendBadResponse(f"{self.url} answered with malformed JSON") from exc
 
@@ -440,9 +458,11 @@ class Backend:
         try:
             # httpx's read timeout is per read: the deadline also bounds a slow drip.
             async with asyncio.timeout(deadline):
-                response = await self._client.get(
-                    self.url + "/models", timeout=httpx.Timeout(deadline, connect=self._connect_timeout)
-                )
+                # Only the status matters: the body is never read (it could be anything).
+                async with self._client.stream(
+                    "GET", self.url + "/models", timeout=httpx.Timeout(deadline, connect=self._connect_timeout)
+                ) as response:
+                    pass
         except (httpx.HTTPError, OSError, TimeoutError):
             return
         if response.status_code < 500 and response.status_code != 429 and self.health.down:
@@ -457,15 +477,19 @@ def _short(exc: Exception) -> str:
     return text if len(text) < 120 else text[:117] + "..."
 
 
-def _body_hint(response: "httpx.Response") -> str:
+def _body_hint(response: "httpx.Response", content: bytes) -> str:
     try:
-        data = response.json()
+        data = json.loads(content)
         message = data.get("message") or data.get("error", {}).get("message") or data.get("detail")
         if message:
             return _short(Exception(str(message)))
     except Exception:
         pass
-    return _short(Exception(response.text.strip() or response.reason_phrase))
+    return _short(Exception(content[:1000].decode("utf-8", "replace").strip() or response.reason_phrase))
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
 
 
 def _retry_after(value: str | None) -> float:
@@ -493,11 +517,14 @@ def _parse_completions(data: Any, prompts: int, n: int) -> list[list[Choice]]:
             if not isinstance(text, str):
                 raise TypeError("choice text is not a string")
             logprobs = raw.get("logprobs") or {}
+            finish_reason = raw.get("finish_reason")
+            if finish_reason is not None and not isinstance(finish_reason, str):
+                raise TypeError("finish_reason is not a string")
             choice = Choice(
                 text=text,
-                finish_reason=raw.get("finish_reason"),
-                tokens=logprobs.get("tokens"),
-                token_logprobs=logprobs.get("token_logprobs"),
+                finish_reason=finish_reason,
+                tokens=_strings(logprobs.get("tokens")),
+                token_logprobs=_logprobs(logprobs.get("token_logprobs")),
             )
             results[index // n].append(choice)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -514,6 +541,27 @@ def _parse_tokens(data: Any) -> tuple[list[int], list[str]]:
     except (KeyError, TypeError, ValueError) as exc:
         raise BackendBadResponse(f"/tokenize answered an unexpected shape: {exc!r}") from exc
     return tokens, [str(s) for s in strs]
+
+
+def _strings(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("logprobs.tokens is not a list of strings")
+    return value
+
+
+def _logprobs(value: Any) -> list[float | None] | None:
+    """Token log-probabilities: numbers or null (the OpenAI API's "no logprob for this token",
+    skipped by `Choice.confidence`). Strings, booleans or NaN in them make the answer malformed
+    (they used to fail later, inside post-processing, as a TypeError sent to the editor)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)) for v in value
+    ):
+        raise TypeError("logprobs.token_logprobs is not a list of numbers")
+    return [None if v is None else float(v) for v in value]
 
 
 def _parse_chat(data: Any) -> list[Choice]:
