@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -91,8 +92,10 @@ def test_tcp_transport(tmp_path):
     from phi_lsp.model.managed_vllm import free_port
 
     port = free_port()
+    token = "test-token-0123456789abcdef"  # the client must present it (tests/test_tcp_auth.py)
     proc = subprocess.Popen([sys.executable, "-m", "phi_lsp", "serve", "--tcp", f"127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PHI_LSP_TCP_TOKEN": token})
     try:
         for _ in range(100):
             try:
@@ -104,6 +107,8 @@ def test_tcp_transport(tmp_path):
                 import time
                 time.sleep(0.1)
         stream = sock.makefile("rwb")
+
+        stream.write(f"Phi-Lsp-Token: {token}\r\n".encode())
 
         def send(message):
             body = json.dumps(message).encode()

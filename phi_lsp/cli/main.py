@@ -1,6 +1,6 @@
 """The `phi-lsp` command: the language server (default), and the pipelines from a terminal.
 
-  phi-lsp [serve] [--tcp HOST:PORT]       the language server on stdio (or TCP)
+  phi-lsp [serve] [--tcp HOST:PORT]       the language server on stdio (or TCP, token required)
   phi-lsp review PATH...                  review files; `path:line:col: severity: message [...]`
   phi-lsp complete FILE:LINE:COL          one completion (1-based line and column)
   phi-lsp doctor                          what is configured, what answers, what to fix
@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="run the language server (default)")
-    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio (port 0: any free port)")
+    serve.add_argument("--tcp-token-file", metavar="FILE",
+                       help="with --tcp: the token the client must present, read from FILE (mode 600); "
+                            "else $PHI_LSP_TCP_TOKEN, else a new one printed on stderr")
     serve.add_argument("--stdio", action="store_true", default=argparse.SUPPRESS, help="use stdio (the default; accepted for editors that pass it)")
     _global_flags(serve, True)
 
@@ -187,8 +190,23 @@ def run_server(args: argparse.Namespace) -> int:
     server = create_server(args.config, config.from_flags(args.backend_url, args.model))
     tcp = getattr(args, "tcp", None)
     if tcp:
+        from phi_lsp.lsp.tcp_auth import TOKEN_ENV, TokenError, load_token
+
         host, _, port = tcp.rpartition(":")
-        code = server.start_tcp(host or "127.0.0.1", int(port))
+        try:
+            token, generated = load_token(getattr(args, "tcp_token_file", None))
+        except TokenError as exc:
+            print(f"phi-lsp: {exc}", file=sys.stderr)
+            return 2
+
+        def listening(bound_host: str, bound_port: int) -> None:
+            # On stderr, whatever --log-file says: the editor integration reads these lines.
+            print(f"phi-lsp: listening on {bound_host}:{bound_port}", file=sys.stderr, flush=True)
+            if generated:
+                print(f"phi-lsp: TCP token: {token} (send the header `Phi-Lsp-Token: {token}` first; "
+                      f"or set {TOKEN_ENV} / --tcp-token-file)", file=sys.stderr, flush=True)
+
+        code = server.start_tcp(host or "127.0.0.1", int(port), token, listening)
     else:
         # Anything a library prints must not corrupt the LSP stream on stdout.
         stdout = sys.stdout.buffer

@@ -313,12 +313,16 @@ async def read_messages(reader: Any, protocol: PhiProtocol) -> None:
 
 
 class StreamReader:
-    """asyncio.StreamReader with pygls' reader interface (for --tcp), EOF as empty bytes."""
+    """asyncio.StreamReader with pygls' reader interface (for --tcp), EOF as empty bytes;
+    `replay`: lines already read (the first header block, to check the token) that come first."""
 
-    def __init__(self, reader: asyncio.StreamReader):
+    def __init__(self, reader: asyncio.StreamReader, replay: list[bytes] | None = None):
         self._reader = reader
+        self._replay = list(replay or [])
 
     async def readline(self) -> bytes:
+        if self._replay:
+            return self._replay.pop(0)
         return await self._reader.readline()
 
     async def readexactly(self, n: int) -> bytes:

@@ -27,6 +27,7 @@ from phi_lsp.model.service import UNREACHABLE, ModelService, Status
 from phi_lsp.core.privacy import PrivacyFilter, mask_known, remember_configured_secrets
 from phi_lsp.lsp.progress import ProgressReporter
 from phi_lsp.lsp.pygls_overrides import PhiProtocol, QuietLanguageServer, StreamReader, read_messages
+from phi_lsp.lsp.tcp_auth import check_client
 from phi_lsp.core.syntax import path_of
 
 log = logging.getLogger(__name__)
@@ -75,23 +76,38 @@ class PhiServer(QuietLanguageServer):
         self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
         return self._run(read_messages(reader, self.protocol))
 
-    def start_tcp(self, host: str, port: int) -> int:  # type: ignore[override]
+    def start_tcp(self, host: str, port: int, token: str, on_listening=None) -> int:  # type: ignore[override]
+        """Serve one editor on TCP: the first connection that presents `token` (tcp_auth);
+        connections without it are closed before any message of theirs is handled."""
+
         async def serve() -> None:
             connected = asyncio.Event()
 
             async def on_connection(reader, writer):
+                peer = writer.get_extra_info("peername")
                 if connected.is_set():  # one editor per server process
                     writer.close()
                     return
+                verdict = await check_client(reader, token)
+                if not verdict.accepted or connected.is_set():
+                    log.warning("TCP connection from %s refused: %s", peer, verdict.reason or "an editor is connected")
+                    if verdict.reply:
+                        writer.write(verdict.reply)
+                    writer.close()
+                    return
                 connected.set()
+                log.info("editor connected from %s", peer)
                 self.protocol.set_writer(writer)
                 try:
-                    await read_messages(StreamReader(reader), self.protocol)
+                    await read_messages(StreamReader(reader, verdict.replay), self.protocol)
                 finally:
                     self.stop_serving()
 
             server = await asyncio.start_server(on_connection, host, port)
-            log.info("listening on %s:%s", host, port)
+            bound = server.sockets[0].getsockname()
+            log.info("listening on %s:%s", bound[0], bound[1])
+            if on_listening is not None:
+                on_listening(bound[0], bound[1])
             async with server:
                 await self._stopped.wait()
 
