@@ -29,6 +29,7 @@ from phi_lsp.core.tokens import TokenCounter
 WINDOW_STEP = 16  # lines; the prefix window's start snaps to a multiple of this
 NEAR_CURSOR_BYTES = 1200  # where to look for names whose definitions may help
 MAX_DEFINITIONS = 12
+LINE_WINDOW_BYTES = 8192  # of the cursor's own line, each side of the cursor
 # Most of the budget is the prefix's: it is what every model uses. The other sources take at
 # most these shares, and only as much as they need.
 SHARES = {"suffix": 0.15, "imports": 0.08, "scopes": 0.04, "symbols": 0.12, "recent": 0.08}
@@ -121,8 +122,10 @@ def build_context(
     line_start = source.rfind(b"\n", 0, cursor) + 1
     line_end = source.find(b"\n", cursor)
     line_end = len(source) if line_end < 0 else line_end
-    line_prefix = _decode(source[line_start:cursor])
-    line_suffix = _decode(source[cursor:line_end]).rstrip("\r")
+    # Only a window of a very long line (minified code) around the cursor: everything after
+    # this (post-processing included) is then bounded by it, not by the line.
+    line_prefix = _decode(source[max(line_start, cursor - LINE_WINDOW_BYTES) : cursor])
+    line_suffix = _decode(source[cursor : min(line_end, cursor + LINE_WINDOW_BYTES)]).rstrip("\r")
 
     remaining = budget
     used: list[str] = ["prefix"]

@@ -17,6 +17,8 @@ told to close its connection afterwards, so no pooled connection escapes a switc
 - garbage    bytes that are not HTTP at all, then close
 - echo       HTTP 401 whose error message echoes the request's Authorization header, as some
              gateways do
+- badlogprobs  the real answer, with strings and nulls put into its logprobs
+- huge       200 with a 100 MB JSON body (sent as long as the client reads)
 
 Every request (method, path, headers, body) is recorded in `requests`, whatever the mode, so a
 test can check exactly what left phi-lsp. The proxy runs its own event loop on a thread; its
@@ -34,8 +36,13 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-MODES = ("pass", "refuse", "reset", "hang", "http500", "http429", "http503", "malformed", "half", "drip", "garbage", "echo")
-FAULTS = tuple(m for m in MODES if m not in ("pass", "echo"))  # echo is no outage
+FAULTS = ("refuse", "reset", "hang", "http500", "http429", "http503", "malformed", "half", "drip", "garbage")
+# Answers that are well-formed HTTP and JSON but wrong inside, and echo (no outage): not in
+# FAULTS, which tests/test_faults.py runs through two outages each; tests/test_hostile_inputs.py
+# uses badlogprobs and huge.
+BAD_ANSWERS = ("badlogprobs", "huge")
+MODES = ("pass", *FAULTS, "echo", *BAD_ANSWERS)
+HUGE_BYTES = 100 * 1024 * 1024
 _STATUS_TEXT = {500: "Internal Server Error", 429: "Too Many Requests", 503: "Service Unavailable"}
 DRIP_BYTES = 8
 DRIP_INTERVAL_S = 0.3
@@ -180,6 +187,19 @@ class FaultProxy:
             writer.write(_response_head(200, "OK", len(payload)) + payload)
             await writer.drain()
             return True
+        if mode == "huge":
+            # A JSON string 100 MB long, inside an otherwise normal answer.
+            opening, closing = b'{"choices": [{"index": 0, "text": "', b'"}]}'
+            writer.write(_response_head(200, "OK", len(opening) + HUGE_BYTES + len(closing)) + opening)
+            chunk = b"x" * (1024 * 1024)
+            for _ in range(HUGE_BYTES // len(chunk)):
+                if writer.transport.is_closing():
+                    return False
+                writer.write(chunk)
+                await writer.drain()
+            writer.write(closing)
+            await writer.drain()
+            return True
         if mode == "garbage":
             writer.write(b"\x00\xffnot http at all\r\n\x17\x03\x03")
             await writer.drain()
@@ -201,6 +221,16 @@ class FaultProxy:
                 return False
             head = await up_reader.readuntil(b"\r\n\r\n")
             length = _content_length(head)
+            if mode == "badlogprobs":
+                answer = json.loads(await up_reader.readexactly(length) if length else await up_reader.read())
+                for choice in answer.get("choices", []):
+                    text = choice.get("text") or "x"
+                    choice["logprobs"] = {"tokens": [text, None], "token_logprobs": ["-0.5", None],
+                                          "text_offset": [0, len(text)], "top_logprobs": None}
+                payload = json.dumps(answer).encode()
+                writer.write(_response_head(200, "OK", len(payload)) + payload)
+                await writer.drain()
+                return True
             if mode == "reset":
                 writer.write(head + (await up_reader.read(16)))
                 await writer.drain()

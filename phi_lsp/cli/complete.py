@@ -15,7 +15,7 @@ from phi_lsp.core import positions
 from phi_lsp.model.batching import Batcher
 from phi_lsp.model.backend import BackendError
 from phi_lsp.core.settings import SettingsManager
-from phi_lsp.core.documents import Document
+from phi_lsp.core.documents import Document, Limits
 from phi_lsp.model.managed_vllm import ManagedVllmError
 from phi_lsp.core.privacy import PrivacyFilter
 from phi_lsp.core.chat_format import CHAT, prompt_family
@@ -49,7 +49,11 @@ async def complete_file(manager: SettingsManager, path: Path, line: int, column:
     if privacy.is_excluded(str(path.absolute())):  # the link's name and its target's
         raise ValueError(f"{path} holds secrets or is excluded by privacy.exclude; it is never sent to the model")
     text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    document = Document(path.resolve().as_uri(), text, 1, None, positions.UTF32)
+    limits = Limits(settings.limits.max_document_bytes, settings.limits.max_line_bytes)
+    document = Document(path.resolve().as_uri(), text, 1, None, positions.UTF32, limits=limits)
+    if document.too_large:
+        print(f"phi-lsp complete: {path} is too large for full support ({document.too_large}): "
+              "only the text around the cursor is used", file=sys.stderr)
     if line < 1 or line > document.line_count():
         raise ValueError(f"line {line} is outside {path} (1..{document.line_count()})")
     cursor = document.offset_at(types.Position(line - 1, max(0, column - 1)))

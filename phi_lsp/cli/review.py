@@ -22,7 +22,8 @@ from phi_lsp.core.privacy import PrivacyFilter
 from phi_lsp.core.symbols import SymbolIndex, is_inside, iter_source_files
 
 from phi_lsp.review import formats
-from phi_lsp.review.files import load_job
+from phi_lsp.core.documents import Limits
+from phi_lsp.review.files import load
 from phi_lsp.review.pipeline import Escalation, Reviewer, ReviewOptions
 from phi_lsp.review.prompts import resolve_mode
 
@@ -95,7 +96,14 @@ async def run_review(
     incomplete = any("no such file" in p for p in problems)
     for problem in problems:
         print(f"phi-lsp: {problem}", file=sys.stderr)
-    jobs = [job for job in map(load_job, files) if job is not None]
+    limits = Limits(settings.limits.max_document_bytes, settings.limits.max_line_bytes)
+    jobs = []
+    for file in files:
+        job, skipped = load(file, limits)
+        if skipped is not None:
+            print(f"phi-lsp: {file}: not reviewed: {skipped}", file=sys.stderr)
+        if job is not None:
+            jobs.append(job)
     if not jobs:
         print("phi-lsp: nothing to review (no source files with a known language)", file=sys.stderr)
         _emit(fmt, [], "", None, 0.0)

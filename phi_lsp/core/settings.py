@@ -128,6 +128,16 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class LimitsSettings:
+    """Above these a document is too large to parse: it gets no syntax tree, completion sees
+    only the text around the cursor, and it is neither reviewed nor indexed (docs/SECURITY-limits.md)."""
+
+    max_document_bytes: int = _opt(2_097_152, "int", min=10_000, max=1_000_000_000)
+    # A line this long is minified or generated code (VS Code stops tokenizing at 20,000).
+    max_line_bytes: int = _opt(20_000, "int", min=200, max=1_000_000_000)
+
+
+@dataclass(frozen=True)
 class Settings:
     backend: BackendSettings = field(default_factory=BackendSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
@@ -136,6 +146,7 @@ class Settings:
     managed: ManagedSettings = field(default_factory=ManagedSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
 
 _SECTION_CLASSES = {
@@ -146,6 +157,7 @@ _SECTION_CLASSES = {
     "managed": ManagedSettings,
     "routing": RoutingSettings,
     "telemetry": TelemetrySettings,
+    "limits": LimitsSettings,
 }
 
 

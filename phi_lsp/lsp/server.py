@@ -21,7 +21,7 @@ from pygls.io_ import StdinAsyncReader, StdoutWriter
 
 from phi_lsp import __version__
 from phi_lsp.core import settings as config, positions
-from phi_lsp.core.documents import DocumentStore
+from phi_lsp.core.documents import Document, DocumentStore, Limits
 from phi_lsp.lsp.features.base import Feature
 from phi_lsp.model.service import UNREACHABLE, ModelService, Status
 from phi_lsp.core.privacy import PrivacyFilter, mask_known, remember_configured_secrets
@@ -58,6 +58,7 @@ class PhiServer(QuietLanguageServer):
         )
         self.features: list[Feature] = []
         self._shown: set[str] = set()
+        self._told_too_large: set[str] = set()
         self._outage_messages: set[str] = set()
         self._startup_progress: ProgressReporter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -174,6 +175,19 @@ class PhiServer(QuietLanguageServer):
         self._shown.add(text)
         self.window_show_message(types.ShowMessageParams(type=kind, message=text))
 
+    def tell_if_too_large(self, document: Document) -> None:
+        """Say once per open document that it is over the limits and what that turns off."""
+        if document.too_large is None or document.uri in self._told_too_large:
+            return
+        self._told_too_large.add(document.uri)
+        name = Path(path_of(document.uri)).name or document.uri
+        log.info("%s is over the size limits (%s)", document.uri, document.too_large)
+        self.show_message_once(
+            f"phi-lsp: {name} is too large for full support ({document.too_large}): no syntax tree, "
+            "completion sees only the text around the cursor, no review. The limits are settings.",
+            types.MessageType.Info,
+        )
+
     def forget_message(self, text: str) -> None:
         self._shown.discard(text)
 
@@ -225,6 +239,9 @@ class PhiServer(QuietLanguageServer):
         for problem in self.privacy.problems:
             self.show_message_once(problem, types.MessageType.Warning)
         remember_configured_secrets(settings)
+        limits = Limits(settings.limits.max_document_bytes, settings.limits.max_line_bytes)
+        for document in self.documents.set_limits(limits):
+            self.tell_if_too_large(document)
         self.service.configure(settings, model_configured)
         for feature in self.features:
             _isolated(feature.settings_changed, settings)
@@ -337,6 +354,7 @@ def register_core_handlers(server: PhiServer) -> None:
     def did_open(ls: PhiServer, params: types.DidOpenTextDocumentParams) -> None:
         document = ls.documents.get(params.text_document.uri)
         if document is not None:
+            ls.tell_if_too_large(document)
             for feature in ls.features:
                 _isolated(feature.document_opened, document)
 
@@ -344,6 +362,7 @@ def register_core_handlers(server: PhiServer) -> None:
     def did_change(ls: PhiServer, params: types.DidChangeTextDocumentParams) -> None:
         document = ls.documents.get(params.text_document.uri)
         if document is not None:
+            ls.tell_if_too_large(document)
             for feature in ls.features:
                 _isolated(feature.document_changed, document, params)
 
@@ -358,6 +377,7 @@ def register_core_handlers(server: PhiServer) -> None:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: PhiServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls._told_too_large.discard(params.text_document.uri)
         for feature in ls.features:
             _isolated(feature.document_closed, params.text_document.uri)
 

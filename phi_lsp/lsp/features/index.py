@@ -52,7 +52,7 @@ class IndexFeature(Feature):
         document = self.server.documents.get(uri)
         if document is None:
             return
-        if len(document.source) > MAX_FILE_BYTES:
+        if len(document.source) > MAX_FILE_BYTES or document.too_large is not None:
             # The same limit as for files on disk: a huge file's definitions would crowd out
             # the rest, and parsing and walking it blocks the event loop for seconds (10 MB:
             # ~10 s on opening).

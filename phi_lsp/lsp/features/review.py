@@ -189,6 +189,9 @@ class ReviewFeature(Feature):
         if document.language is None:
             self.counters["skippedNoGrammar"] += 1
             return "no tree-sitter grammar for this file"
+        if document.too_large is not None:
+            self.counters["skippedTooLarge"] += 1
+            return f"too large to review: {document.too_large}"
         return None
 
     def _backend(self):
@@ -260,7 +263,7 @@ class ReviewFeature(Feature):
                 if self._skip_reason(uri, document) is None:
                     jobs.append(FileJob(document.snapshot(), self._display_path(uri)))
             else:
-                job = load_job(path)
+                job = load_job(path, self.server.documents.limits)
                 if job is not None:
                     job = FileJob(_with_encoding(job, self.server.documents.encoding), self._display_path(uri))
                     jobs.append(job)
