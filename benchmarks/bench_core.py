@@ -5,8 +5,17 @@
    reparse, against a full parse of the same text, measured side by side in one run.
 2. Server start to `initialize` answered (a fresh process each time).
 3. Resident memory of the server with 200 open 1,000-line documents.
+4. Deep trees (issue 11): context building and post-processing of one completion in the middle
+   of an 80,000- and a 200,000-character expression line and inside 5,000 and 20,000 nested
+   parentheses, with ancestors collected walking down from the root (now) and by climbing
+   `Node.parent` (before; skipped where it takes minutes unless --slow).
+5. Size limits (issue 11): a 1.5 MB Python file (under the limits), a 20 MB Python file and a
+   1 MB minified line (over them), each in a fresh
+   process, with the default `limits.*` (no tree) and with limits raised above them (a tree, as
+   before the limits): time to open and parse, time per completion request (context and
+   post-processing), resident memory added.
 
-    .venv/bin/python benchmarks/bench_core.py [--quick]
+    .venv/bin/python benchmarks/bench_core.py [--quick] [--only typing,startup,memory,deep,limits] [--slow]
 """
 
 from __future__ import annotations
@@ -191,15 +200,140 @@ def bench_memory(documents: int, lines_each: int) -> None:
     print(f"  RSS with the documents    : {rss:.1f} MB   (goal <= 150 MB)")
 
 
+def _deep_inputs() -> dict[str, tuple[str, int]]:
+    """name -> (text, cursor byte offset)."""
+    inputs = {}
+    for chars in (80_000, 200_000):
+        body = "x = " + " + ".join(["a"] * (chars // 4))
+        text = "def f():\n    " + body + "\n"
+        inputs[f"{chars:,}-character line"] = (text, text.index(" + ", len(text) // 2) + 3)
+    for depth in (5_000, 20_000):
+        text = "def f():\n    x = " + "(" * depth + "a" + ")" * depth + "\n"
+        inputs[f"{depth:,} nested parentheses"] = (text, text.index("a"))
+    return inputs
+
+
+def _climbing_ancestors(root, node, max_depth=None):
+    """The walk before issue 11: Node.parent, which tree-sitter finds from the root each time."""
+    chain = []
+    while node is not None:
+        chain.append(node)
+        node = node.parent
+    return chain
+
+
+def _one_completion(text: str, cursor: int) -> float:
+    """Seconds for what one completion request does on the event loop besides the model call."""
+    from phi_lsp.completion import postprocess
+    from phi_lsp.completion.context import build_context
+    from phi_lsp.completion.service import _cursor_info
+    from phi_lsp.core.documents import Limits
+    from phi_lsp.core.tokens import TokenCounter
+    from phi_lsp.model.backend import Choice
+
+    document = Document("file:///bench/deep.py", text, 1, "python", "utf-16", limits=Limits(10**9, 10**9))
+    snapshot = document.snapshot()
+    t0 = time.perf_counter()
+    context = build_context(snapshot, cursor, 1536, TokenCounter(), "deep.py")
+    info = _cursor_info(snapshot, cursor, context)
+    multiline = postprocess.is_multiline_position(info)
+    postprocess.postprocess(Choice(text="b + c", tokens=["b", " +", " c"], token_logprobs=[-0.1] * 3), info, multiline)
+    return time.perf_counter() - t0
+
+
+def bench_deep(slow: bool) -> None:
+    print("One completion deep in the tree (context + post-processing, no model call)")
+    print(f"  {'input':<28} {'before (Node.parent)':>22} {'now (walk down)':>16}")
+    for name, (text, cursor) in _deep_inputs().items():
+        now = min(_one_completion(text, cursor) for _ in range(3))
+        before = "skipped (--slow)"
+        if slow or name.startswith(("80,000-", "5,000 ")):
+            original = syntax.ancestors
+            syntax.ancestors = _climbing_ancestors
+            try:
+                before = f"{_one_completion(text, cursor):.3f} s"
+            finally:
+                syntax.ancestors = original
+        print(f"  {name:<28} {before:>22} {now:>14.3f} s")
+
+
+def _limits_inputs() -> dict[str, tuple[str, str, str]]:
+    """name -> (file name, languageId, text)."""
+    python = "\n".join(stdlib_lines(10**7))
+    while len(python) < 20_000_000:
+        python += "\n" + python
+    minified = "var a=" + "f(1,2)+" * (1_000_000 // 7) + "0;\n"
+    return {"1.5 MB Python file": ("mid.py", "python", python[:1_500_000]),
+            "20 MB Python file": ("big.py", "python", python[:20_000_000]),
+            "1 MB minified line": ("min.js", "javascript", minified)}
+
+
+def _limits_case(name: str, raised: bool) -> dict:
+    """Run in a fresh process: open, parse (if allowed), three completion requests."""
+    from phi_lsp.completion import postprocess
+    from phi_lsp.completion.context import build_context
+    from phi_lsp.completion.service import _cursor_info
+    from phi_lsp.core.documents import Limits
+    from phi_lsp.core.tokens import TokenCounter
+    from phi_lsp.model.backend import Choice
+
+    file_name, language, text = _limits_inputs()[name]
+    rss0 = _rss_mb(os.getpid())
+    t0 = time.perf_counter()
+    limits = Limits(10**9, 10**9) if raised else Limits()
+    document = Document(f"file:///bench/{file_name}", text, 1, language, "utf-16", limits=limits)
+    del text
+    document.tree  # noqa: B018 - the parse an editor's first request causes
+    opened = time.perf_counter() - t0
+    requests = []
+    for n in range(3):
+        cursor = len(document.source) * (n + 1) // 4
+        t0 = time.perf_counter()
+        snapshot = document.snapshot()
+        context = build_context(snapshot, cursor, 1536, TokenCounter(), file_name)
+        info = _cursor_info(snapshot, cursor, context)
+        postprocess.postprocess(Choice(text="x", tokens=["x"], token_logprobs=[-0.1]), info, postprocess.is_multiline_position(info))
+        requests.append(time.perf_counter() - t0)
+    return {"tree": document.tree is not None, "open_s": opened, "request_s": statistics.median(requests),
+            "rss_mb": _rss_mb(os.getpid()) - rss0}
+
+
+def bench_limits() -> None:
+    print("Documents over the size limits, each in a fresh process (context + post-processing per request)")
+    print(f"  {'document':<20} {'limits':<28} {'tree':<5} {'open+parse':>10} {'per request':>12} {'RSS added':>10}")
+    for name in _limits_inputs():
+        for raised in (True, False) if name != "1.5 MB Python file" else (False,):  # under the limits
+            out = subprocess.run([sys.executable, __file__, "--limits-case", name, "raised" if raised else "default"],
+                                 capture_output=True, text=True, timeout=900)
+            if out.returncode != 0:
+                print(f"  {name}: failed: {out.stderr[-500:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            label = "raised above it (before)" if raised else "default (2 MB, 20,000 B)"
+            print(f"  {name:<20} {label:<28} {str(r['tree']):<5} {r['open_s']:>8.2f} s {r['request_s'] * 1000:>9.1f} ms {r['rss_mb']:>7.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer samples (for a smoke run)")
+    parser.add_argument("--only", default="typing,startup,memory,deep,limits", help="comma-separated sections")
+    parser.add_argument("--slow", action="store_true", help="also time the old walk where it takes minutes")
+    parser.add_argument("--limits-case", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    bench_did_change(statements=8 if args.quick else 30)
-    print()
-    bench_startup(runs=3 if args.quick else 10)
-    print()
-    bench_memory(documents=200, lines_each=1000)
+    if args.limits_case:
+        print(json.dumps(_limits_case(args.limits_case[0], args.limits_case[1] == "raised")))
+        return
+    sections = {
+        "typing": lambda: bench_did_change(statements=8 if args.quick else 30),
+        "startup": lambda: bench_startup(runs=3 if args.quick else 10),
+        "memory": lambda: bench_memory(documents=200, lines_each=1000),
+        "deep": lambda: bench_deep(args.slow),
+        "limits": bench_limits,
+    }
+    for n, name in enumerate(args.only.split(",")):
+        if n:
+            print()
+        sections[name.strip()]()
 
 
 if __name__ == "__main__":

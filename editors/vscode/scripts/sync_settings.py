@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from phi_lsp import config  # noqa: E402
+from phi_lsp.core import settings as config  # noqa: E402
 
 PACKAGE_JSON = Path(__file__).resolve().parents[1] / "package.json"
 EXTENSION_ONLY = ("server.", "trace.")
@@ -33,6 +33,7 @@ TITLES = {
     "managed": "Managed vLLM",
     "routing": "Routing",
     "telemetry": "Telemetry",
+    "limits": "Limits",
 }
 RULES = ("type", "pattern", "patternErrorMessage", "enum", "minimum", "maximum", "items", "additionalProperties", "default")
 
