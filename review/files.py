@@ -34,4 +34,4 @@ def load(path: Path, limits: Limits = Limits()) -> tuple[FileJob | None, str | N
         return None, f"too large to review: {too_large}"
     tree = syntax.parse(language, source)
     snapshot = Snapshot(path.resolve().as_uri(), 0, language, source, tree, positions.UTF16)
-    return FileJob(snapshot, formats.display_path(str(path)))
+    return FileJob(snapshot, formats.display_path(str(path))), None

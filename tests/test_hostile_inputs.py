@@ -282,5 +282,8 @@ def test_cli_complete_deep_line_and_bad_answers(tmp_path, vllm_url):
 
 def test_cli_review_says_which_files_are_too_large(tmp_path):
     (tmp_path / "min.py").write_text("data = [" + ",".join(["1"] * 20_000) + "]\n")
-    done = run_cli("review", "min.py", "--backend-url", DEAD_BACKEND, "--model", MODEL_NAME, cwd=tmp_path)
+    (tmp_path / "ok.py").write_text("def add(a, b):\n    return a + b\n")
+    done = run_cli("review", "min.py", "ok.py", "--backend-url", DEAD_BACKEND, "--model", MODEL_NAME, cwd=tmp_path)
     assert "min.py: not reviewed: too large to review: a line of" in done.stderr, done.stderr
+    assert "ok.py" not in done.stderr.split("too large")[0] and "Traceback" not in done.stderr, done.stderr
+    assert "nothing to review" not in done.stderr  # ok.py was a job (its review then meets the dead backend)
