@@ -217,3 +217,12 @@ def test_precedence_of_file_environment_and_flags(tmp_path):
     origins = manager.origins()
     assert origins["backend.url"] == "command line" and origins["backend.apiKey"] == "--config"
     assert origins["completion.model"] == "environment"
+
+
+def test_an_untrusted_workspace_cannot_raise_the_limits(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "pyproject.toml").write_text("[tool.phi-lsp]\nlimits.maxDocumentBytes = 1000000000\n")
+    manager = SettingsManager()
+    config.load_settings(manager, tmp_path, env={})
+    assert manager.untrusted_keys() == ["limits.maxDocumentBytes"]
+    assert manager.settings.limits.max_document_bytes == config.LimitsSettings().max_document_bytes

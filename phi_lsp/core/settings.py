@@ -33,8 +33,8 @@ DEFAULT_MODEL = "microsoft/Phi-4-mini-instruct"
 DEMO_MODEL = "phi-code-tiny"
 CONTEXT_SOURCES = ("suffix", "imports", "scopes", "symbols", "recent")
 # Sections a workspace may set only when trusted: managed.* runs a program, backend.* decides
-# where code goes (and with which key).
-GUARDED_SECTIONS = ("backend", "managed")
+# where code goes (and with which key), limits.* keeps a hostile file from stalling the server.
+GUARDED_SECTIONS = ("backend", "managed", "limits")
 PYPROJECT = "pyproject.toml"
 CONFIG_FILE = "--config"
 
@@ -130,7 +130,7 @@ class TelemetrySettings:
 @dataclass(frozen=True)
 class LimitsSettings:
     """Above these a document is too large to parse: it gets no syntax tree, completion sees
-    only the text around the cursor, and it is neither reviewed nor indexed (docs/SECURITY-limits.md)."""
+    only the text around the cursor, and it is neither reviewed nor indexed (docs/SECURITY.md)."""
 
     max_document_bytes: int = _opt(2_097_152, "int", min=10_000, max=1_000_000_000)
     # A line this long is minified or generated code (VS Code stops tokenizing at 20,000).
