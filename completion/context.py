@@ -7,7 +7,8 @@ Sources, each of which can be switched off (the quality evaluation measures them
   region, which keeps the prompt's start stable for vLLM's prefix cache;
 - `imports`: the file's import statements when they fall outside the window;
 - `scopes`: the headers of the enclosing functions/classes when they fall outside the window;
-- `symbols`: signatures of names used near the cursor that are defined in other workspace files;
+- `symbols`: definitions from other workspace files, chosen and ranked by
+  completion/definitions.py (what the file imports first, then names near the cursor);
 - `recent`: snippets around the latest edits in other open files.
 
 Budget shares are soft: what one source leaves unused goes to the prefix.
@@ -26,13 +27,16 @@ from phi_lsp.core.documents import Snapshot
 from phi_lsp.core.symbols import Definition, SymbolIndex
 from phi_lsp.core.tokens import TokenCounter
 
+from phi_lsp.completion.definitions import ranked_definitions
+
 WINDOW_STEP = 16  # lines; the prefix window's start snaps to a multiple of this
 NEAR_CURSOR_BYTES = 1200  # where to look for names whose definitions may help
-MAX_DEFINITIONS = 12
+MAX_DEFINITIONS = 32
+FULL_STUBS = 4  # definitions shown with docstring, fields and __init__; the rest as headers
 LINE_WINDOW_BYTES = 8192  # of the cursor's own line, each side of the cursor
 # Most of the budget is the prefix's: it is what every model uses. The other sources take at
 # most these shares, and only as much as they need.
-SHARES = {"suffix": 0.15, "imports": 0.08, "scopes": 0.04, "symbols": 0.12, "recent": 0.08}
+DEFAULT_SHARES = {"suffix": 0.15, "imports": 0.08, "scopes": 0.04, "symbols": 0.12, "recent": 0.08}
 SCOPES_MIN_TOKENS = 32
 _IDENTIFIER_TYPES = {
     "identifier", "type_identifier", "field_identifier", "property_identifier",
@@ -111,6 +115,8 @@ def build_context(
     sources: Sources = Sources(),
     display: Callable[[str], str] = lambda path: path,
     suffix_in_prompt: bool = True,
+    recent_paths: frozenset[str] = frozenset(),
+    shares: dict[str, float] | None = None,
 ) -> CompletionContext:
     """The context for a completion at byte offset `cursor` of `snapshot`.
 
@@ -127,13 +133,14 @@ def build_context(
     line_prefix = _decode(source[max(line_start, cursor - LINE_WINDOW_BYTES) : cursor])
     line_suffix = _decode(source[cursor : min(line_end, cursor + LINE_WINDOW_BYTES)]).rstrip("\r")
 
+    shares = shares or DEFAULT_SHARES
     remaining = budget
     used: list[str] = ["prefix"]
     # The other sources take their shares first; the prefix takes the rest (less what the
     # preamble of imports and enclosing headers needs).
     suffix = ""
     if sources.suffix:
-        suffix = _suffix_window(source, cursor, int(budget * SHARES["suffix"]), counter)
+        suffix = _suffix_window(source, cursor, int(budget * shares["suffix"]), counter)
         if suffix_in_prompt:
             remaining -= counter.count_lines(suffix)
         if suffix.strip():
@@ -144,19 +151,28 @@ def build_context(
     if sources.symbols and index is not None and snapshot.tree is not None:
         # Choose by priority (names nearest the cursor first) within the share, then render the
         # chosen ones grouped by file in a stable order (for the prefix cache).
-        share = int(budget * SHARES["symbols"])
-        for definition in _definitions_near(snapshot, cursor, index, file_path):
-            cost = counter.count(_stub(definition, snapshot.language)) + 1
-            if cost <= share:
-                share -= cost
-                definitions.append(definition)
-        for path, text in _render_definitions(definitions, snapshot.language, display):
+        share = int(budget * shares["symbols"])
+        stubs: dict[tuple[str, int], str] = {}
+        near = names_near(snapshot, cursor)
+        for ranked in ranked_definitions(snapshot, cursor, index, file_path, recent_paths, near):
+            # The first few in full, the rest as headers: more names fit, and a header is what
+            # a call needs most.
+            for text in (ranked.stub, ranked.brief) if len(definitions) < FULL_STUBS else (ranked.brief,):
+                cost = counter.count(text) + 1
+                if cost <= share:
+                    share -= cost
+                    definitions.append(ranked.definition)
+                    stubs[(ranked.definition.path, ranked.definition.line)] = text
+                    break
+            if len(definitions) >= MAX_DEFINITIONS or share < 8:
+                break
+        for path, text in _render_definitions(definitions, stubs, display):
             remaining -= counter.count(text) + 8
             snippets.append(Snippet(path, text, "definitions"))
         if snippets:
             used.append("symbols")
     if sources.recent and recent:
-        share = int(budget * SHARES["recent"])
+        share = int(budget * shares["recent"])
         for snippet in recent:
             cost = counter.count(snippet.text) + 8
             if cost > share:
@@ -183,14 +199,14 @@ def build_context(
         spec = syntax.spec_for(snapshot.language)
         if sources.imports:
             imports = _imports_before(snapshot.tree.root_node, source, spec.imports, start)
-            imports, left = _fit(imports, left, int(budget * SHARES["imports"]), counter)
+            imports, left = _fit(imports, left, int(budget * shares["imports"]), counter)
             if imports:
                 lines += imports
                 names.append("imports")
         if sources.scopes:
             headers = _scope_headers(snapshot, cursor, start)
             # Headers are short and say where the window is: a small floor even on tiny budgets.
-            share = max(int(budget * SHARES["scopes"]), SCOPES_MIN_TOKENS)
+            share = max(int(budget * shares["scopes"]), SCOPES_MIN_TOKENS)
             headers, left = _fit(headers, left, share, counter)
             if headers:
                 lines += headers
@@ -370,65 +386,16 @@ def names_near(snapshot: Snapshot, cursor: int) -> list[str]:
     return names
 
 
-def imported_names(snapshot: Snapshot) -> list[str]:
-    """Names the file imports (`from x import a, b as c` -> a, b): likely to be used next."""
-    spec = syntax.spec_for(snapshot.language)
-    names: list[str] = []
-    for child in snapshot.tree.root_node.named_children:
-        if child.type not in spec.imports:
-            continue
-        text = snapshot.source[child.start_byte : child.end_byte].decode("utf-8", "replace")
-        if " import " in text:
-            text = text.split(" import ", 1)[1]
-        for part in re.split(r"[,()\s]+", text):
-            if part and part not in ("as", "import", "*") and part.isidentifier():
-                names.append(part)
-    return names
-
-
-def _definitions_near(snapshot: Snapshot, cursor: int, index: SymbolIndex, file_path: str | None) -> list[Definition]:
-    chosen: list[Definition] = []
-    seen: set[tuple[str, int]] = set()
-    # Names used just before the cursor first, then what the file imports from the workspace.
-    candidates = names_near(snapshot, cursor)
-    candidates += [n for n in imported_names(snapshot) if n not in candidates]
-    for name in candidates:
-        defs = index.lookup(name, exclude_path=file_path)
-        for d in defs[:2]:
-            key = (d.path, d.line)
-            if key not in seen:
-                seen.add(key)
-                chosen.append(d)
-                if d.kind == "class":  # its methods are what `obj.` completes
-                    for member in index.members(d.name, exclude_path=file_path)[:6]:
-                        if (member.path, member.line) not in seen and member.path == d.path:
-                            seen.add((member.path, member.line))
-                            chosen.append(member)
-        if len(chosen) >= MAX_DEFINITIONS:
-            break
-    return chosen[:MAX_DEFINITIONS]
-
-
 def _render_definitions(
-    definitions: list[Definition], language: str | None, display: Callable[[str], str]
+    definitions: list[Definition], stubs: dict[tuple[str, int], str], display: Callable[[str], str]
 ) -> list[tuple[str, str]]:
-    """Definitions grouped by file as stub text, files in a stable order (prefix cache)."""
+    """Definitions grouped by file, files and definitions in a stable order (path, line) rather
+    than by rank: the same set renders the same text, which keeps vLLM's prefix cache warm."""
     by_file: dict[str, list[Definition]] = {}
     for d in definitions:
         by_file.setdefault(d.path, []).append(d)
     rendered = []
     for path in sorted(by_file):
-        lines = []
-        for d in sorted(by_file[path], key=lambda d: d.line):
-            lines.append(_stub(d, language))
+        lines = [stubs[(d.path, d.line)] for d in sorted(by_file[path], key=lambda d: d.line)]
         rendered.append((display(path), "\n".join(lines)))
     return rendered
-
-
-def _stub(d: Definition, language: str | None) -> str:
-    indent = "    " if d.container else ""
-    if language == "python":
-        doc = f'\n{indent}    """{d.doc}"""' if d.doc else ""
-        body = f"{doc}\n{indent}    ..." if d.kind != "class" else doc
-        return f"{indent}{d.signature}{body}"
-    return f"{indent}{d.signature} {{ ... }}" if d.kind != "class" else f"{indent}{d.signature}"

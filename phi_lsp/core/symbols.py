@@ -21,6 +21,8 @@ from typing import Callable, Iterable
 from tree_sitter import Node, Tree
 
 from phi_lsp.core import syntax
+from phi_lsp.core.ignore import GitIgnore
+from phi_lsp.core.imports import ImportedName, imports_of, module_name_of
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ MAX_FILE_BYTES = 512 * 1024
 MAX_FILES = 5_000
 MAX_DEFINITIONS = 100_000
 MAX_SIGNATURE_CHARS = 300
+MAX_REEXPORT_DEPTH = 4  # `from .a import x` in __init__.py, which itself re-exports ...
+MAX_FIELDS = 12
+MAX_FIELD_CHARS = 100
 SLICE_SECONDS = 0.01  # work per event-loop turn while indexing
 
 
@@ -45,6 +50,7 @@ class Definition:
     line: int  # 0-based
     container: str | None = None  # the enclosing class for methods
     doc: str | None = None  # the first line of a docstring, where the language has them
+    fields: tuple[str, ...] = ()  # a class's field declarations (`name: type = default`)
 
 
 def definitions_in(tree: Tree, source: bytes, language: str | None, path: str) -> list[Definition]:
@@ -106,7 +112,30 @@ def _docstring(node: Node, source: bytes) -> str | None:
 
 
 def _definition(node: Node, source: bytes, kind: str, name: str, path: str, container: str | None) -> Definition:
-    return Definition(name, kind, signature_of(node, source), path, node.start_point.row, container, _docstring(node, source))
+    fields = _fields(node, source) if kind == "class" else ()
+    return Definition(name, kind, signature_of(node, source), path, node.start_point.row, container,
+                      _docstring(node, source), fields)
+
+
+def _fields(node: Node, source: bytes) -> tuple[str, ...]:
+    """A class body's assignments (dataclass fields, attributes, enum members): what its
+    constructor takes or what `Cls.` completes."""
+    body = node.child_by_field_name("body")
+    if body is None:
+        return ()
+    found = []
+    for statement in body.named_children:
+        if statement.type != "expression_statement" or not statement.named_children:
+            continue
+        assignment = statement.named_children[0]
+        if assignment.type != "assignment":
+            continue
+        text = source[assignment.start_byte : assignment.end_byte].decode("utf-8", "replace")
+        text = text.split("\n", 1)[0].rstrip()
+        found.append(text if len(text) <= MAX_FIELD_CHARS else text[: MAX_FIELD_CHARS - 3] + "...")
+        if len(found) >= MAX_FIELDS:
+            break
+    return tuple(found)
 
 
 class SymbolIndex:
@@ -114,7 +143,12 @@ class SymbolIndex:
         self._exclude = exclude
         self._by_file: OrderedDict[str, list[Definition]] = OrderedDict()
         self._by_name: dict[str, list[Definition]] = {}
+        self._imports: dict[str, list[ImportedName]] = {}  # path -> what it imports (Python)
+        self._modules: dict[str, str] = {}  # dotted module name -> path
+        self._module_of: dict[str, tuple[str, bool]] = {}  # path -> (module name, is a package)
         self._count = 0
+        self.gitignore: GitIgnore | None = None
+        self.generation = 0  # bumped on every change (cached lookups compare it)
         self.ready = asyncio.Event() if _has_loop() else None
         self.files_indexed = 0
         self.build_seconds = 0.0
@@ -131,7 +165,7 @@ class SymbolIndex:
 
     def update(self, path: str, tree: Tree | None, source: bytes, language: str | None) -> None:
         """Replace one file's definitions (from an open document's current tree)."""
-        if self._exclude(path):
+        if self.excluded(path):
             self.remove(path)
             return
         defs = definitions_in(tree, source, language, path) if tree is not None else []
@@ -140,9 +174,21 @@ class SymbolIndex:
         for d in defs:
             self._by_name.setdefault(d.name, []).append(d)
         self._count += len(defs)
+        if language == "python":
+            module, is_package = module_name_of(path)
+            self._module_of[path] = (module, is_package)
+            if module:
+                self._modules[module] = path
+            self._imports[path] = imports_of(tree, source, module, is_package) if tree is not None else []
+        self.generation += 1
         self._evict()
 
     def remove(self, path: str) -> None:
+        self._imports.pop(path, None)
+        module = self._module_of.pop(path, None)
+        if module is not None and self._modules.get(module[0]) == path:
+            del self._modules[module[0]]
+        self.generation += 1
         defs = self._by_file.pop(path, None)
         if not defs:
             return
@@ -159,28 +205,43 @@ class SymbolIndex:
         while (self._count > MAX_DEFINITIONS or len(self._by_file) > MAX_FILES) and self._by_file:
             self.remove(next(iter(self._by_file)))
 
+    def excluded(self, path: str) -> bool:
+        """Left out of the index: privacy.exclude, secret files, or ignored by git."""
+        if self._exclude(path):
+            return True
+        return self.gitignore is not None and self.gitignore.ignored(path)
+
     def index_file(self, path: Path) -> None:
+        """(Re)read one file from disk; a file that is gone or excluded leaves the index."""
         language = syntax.language_for(str(path))
         if language is None:
             return
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
+                self.remove(str(path))
                 return
             source = path.read_bytes()
         except OSError:
+            self.remove(str(path))
             return
         self.update(str(path), syntax.parse(language, source), source, language)
 
-    async def build(self, roots: Iterable[Path]) -> None:
-        """Index every source file under `roots`, yielding to the event loop between slices."""
+    async def build(self, roots: Iterable[Path], progress: Callable[[int], None] | None = None) -> None:
+        """Index every source file under `roots`, yielding to the event loop between slices (a
+        completion asked meanwhile uses what is indexed so far; it never waits for the build).
+        `progress` is told the number of files done, now and then."""
+        roots = list(roots)
+        self.gitignore = GitIgnore(roots)
         started = time.monotonic()
         slice_started = time.monotonic()
-        for path in iter_source_files(roots, self._exclude):
+        for path in iter_source_files(roots, self._exclude, self.gitignore):
             self.index_file(path)
             self.files_indexed += 1
             if self.files_indexed >= MAX_FILES:
                 break
             if time.monotonic() - slice_started > SLICE_SECONDS:
+                if progress is not None:
+                    progress(self.files_indexed)
                 await asyncio.sleep(0)
                 slice_started = time.monotonic()
         self.build_seconds = time.monotonic() - started
@@ -203,8 +264,54 @@ class SymbolIndex:
     def in_file(self, path: str) -> list[Definition]:
         return list(self._by_file.get(path, ()))
 
+    def members_of(self, cls: Definition) -> list[Definition]:
+        """The methods of one class definition (from its own file)."""
+        return [d for d in self._by_file.get(cls.path, ()) if d.container == cls.name and d.kind == "method"]
 
-def iter_source_files(roots: Iterable[Path], exclude: Callable[[str], bool]) -> Iterable[Path]:
+    # -- imports ---------------------------------------------------------------------------
+
+    def module_of(self, path: str) -> tuple[str, bool]:
+        """(dotted module name, is a package) of a file, indexed or not."""
+        known = self._module_of.get(path)
+        return known if known is not None else module_name_of(path)
+
+    def module_path(self, module: str) -> str | None:
+        """The workspace file of a dotted module name (None: not in the workspace)."""
+        return self._modules.get(module)
+
+    def imports_in(self, path: str) -> list[ImportedName]:
+        return list(self._imports.get(path, ()))
+
+    def resolve(self, module: str, name: str | None, _depth: int = 0) -> tuple[list[Definition], str | None]:
+        """What `from module import name` (or, with name None, `import module`) refers to in
+        the workspace: (its definitions, the path of the module when the name is a module).
+        Re-exports are followed: `from .core import Thing` in a package's __init__.py makes
+        `from package import Thing` find `Thing` in core.py."""
+        if name is None:
+            return [], self._modules.get(module)
+        path = self._modules.get(module)
+        if path is not None:
+            defs = [d for d in self._by_file.get(path, ()) if d.name == name and d.container is None]
+            if defs:
+                return defs, None
+        submodule = self._modules.get(f"{module}.{name}" if module else name)
+        if submodule is not None:
+            return [], submodule
+        if path is None or _depth >= MAX_REEXPORT_DEPTH:
+            return [], None
+        for imported in self._imports.get(path, ()):
+            if imported.local == name and not imported.star:
+                return self.resolve(imported.module, imported.name, _depth + 1)
+        for imported in self._imports.get(path, ()):
+            if imported.star and imported.module != module:
+                found = self.resolve(imported.module, name, _depth + 1)
+                if found[0] or found[1]:
+                    return found
+        return [], None
+
+
+def iter_source_files(roots: Iterable[Path], exclude: Callable[[str], bool],
+                      gitignore: GitIgnore | None = None) -> Iterable[Path]:
     """Source files under `roots`, never one whose real path (links resolved) lies outside
     them: a link to `../outside/.env` or `/etc/passwd` is not a workspace file, whatever its
     name. Linked folders are not entered (os.walk's default); `exclude` judges link targets."""
@@ -213,13 +320,19 @@ def iter_source_files(roots: Iterable[Path], exclude: Callable[[str], bool]) -> 
     seen: set[str] = set()
     for root in roots:
         for folder, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+            dirs[:] = sorted(
+                d for d in dirs
+                if d not in SKIP_DIRS and not d.startswith(".")
+                and not (gitignore is not None and gitignore.ignored(os.path.join(folder, d), True, parents_checked=True))
+            )
             for name in sorted(files):
                 path = os.path.join(folder, name)
                 real = os.path.realpath(path)
                 if real in seen or not is_inside(real, real_roots) or not os.path.isfile(real):
                     continue
                 if exclude(path) or syntax.language_for(path) is None:
+                    continue
+                if gitignore is not None and gitignore.ignored(path, parents_checked=True):
                     continue
                 seen.add(real)
                 yield Path(path)
