@@ -151,8 +151,9 @@ def worker(job: dict) -> dict:
     index = SymbolIndex()
     asyncio.run(index.build([Path(r) for r in job["roots"]]))
     root_of = lambda p: next(r for r in job["roots"] if p.startswith(r))  # noqa: E731
-    out: dict = {"recall": {}, "build_ms": []}
-    for budget in job["budgets"]:
+    out: dict = {"recall": {}, "build_ms": [], "sweep": {}}
+    runs = [(b, None) for b in job["budgets"]] + [(b, share) for b in job["budgets"] for share in job.get("shares", [])]
+    for budget, share in runs:
         hits = 0
         for hole in job["holes"]:
             path = hole["path"]
@@ -167,14 +168,19 @@ def worker(job: dict) -> dict:
             started = time.perf_counter()
             kwargs = dict(index=index, file_path=path, suffix_in_prompt=False,
                           display=lambda p: os.path.relpath(p, root_of(p)))
+            if share is not None:
+                kwargs["shares"] = {**ctx_module.shares_for(prompts.RAW), "symbols": share}
             context = ctx_module.build_context(snapshot, cursor, budget, counter, display, **kwargs)
             prompt = prompts.render(context, prompts.RAW, single_line=False)
-            if budget == job["budgets"][-1]:
+            if budget == job["budgets"][-1] and share is None:
                 out["build_ms"].append((time.perf_counter() - started) * 1000)
             other_files = prompt.text.rsplit(f"# file: {display}\n", 1)[0]
             if any(re.search(rf"\b(def|class) {re.escape(n)}\b", other_files) for n in hole["names"]):
                 hits += 1
-        out["recall"][str(budget)] = hits / max(1, len(job["holes"]))
+        if share is None:
+            out["recall"][str(budget)] = hits / max(1, len(job["holes"]))
+        else:
+            out["sweep"][f"{budget}@{share}"] = hits / max(1, len(job["holes"]))
     return out
 
 
@@ -255,6 +261,7 @@ def main() -> None:
     parser.add_argument("--old", help="a checkout of the code before (git worktree), measured the same way")
     parser.add_argument("--holes", type=int, default=400)
     parser.add_argument("--no-index", action="store_true", help="skip the 5,000-file index figures")
+    parser.add_argument("--shares", default="", help="also the recall with these symbols shares, e.g. 0.06,0.12,0.2")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -267,13 +274,16 @@ def main() -> None:
     holes = find_holes(roots, args.holes)
     job = {"roots": [str(r) for r in roots], "holes": holes, "budgets": BUDGETS,
            "model": str(model_dir())}
-    new = run_worker(job)
+    shares = [float(x) for x in args.shares.split(",") if x]
+    new = run_worker({**job, "shares": shares})
     print(f"Definition recall on {', '.join(PACKAGES)}: {len(holes)} holes (whole line removed, raw prompt)")
     print(f"  {'code':<22}" + "".join(f"{f'budget {b}':>13}" for b in BUDGETS))
     print(f"  {'this checkout':<22}" + "".join(f"{new['recall'][str(b)]:>13.2f}" for b in BUDGETS))
     if args.old:
         old = run_worker({**job, "old": str(Path(args.old).resolve())})
         print(f"  {'before (' + Path(args.old).name + ')':<22}" + "".join(f"{old['recall'][str(b)]:>13.2f}" for b in BUDGETS))
+    for share in shares:
+        print(f"  {f'symbols share {share:.2f}':<22}" + "".join(f"{new['sweep'][f'{b}@{share}']:>13.2f}" for b in BUDGETS))
     times = sorted(new["build_ms"])
     p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
     print(f"Prompt building (context + render, budget {BUDGETS[-1]}): median {statistics.median(times):.2f} ms, "

@@ -2,18 +2,22 @@
 phi-code-tiny, on Python code the test model never saw: packages downloaded from the registry at
 run time (boltons, marshmallow, tomlkit, humanize: not among the sources it was trained on).
 
-For each sampled line the cursor is put inside it (after its first token) and the rest of the
-line is removed; the server is asked for an automatic completion, and the suggestion is compared
-with the removed text: exact match (of the completed line) and edit similarity (difflib ratio,
-0 when nothing is shown). Every configuration runs through the LSP with the same samples:
-the raw-prefix baseline (no context source), each context source on its own, and all of them.
+Two modes, the same sampled function-body lines in each:
+- `token`: the cursor after the line's first token, the rest of the line removed;
+- `line`: the whole line removed, the cursor after its indentation (starting a new line: the
+  case the first-token mode hides, where the local prefix matters most).
+The server is asked for an automatic completion (completion.minConfidence 0, so every answer
+and its confidence come back), and the suggestion's first line is compared with the removed text:
+exact match, and precision (exact among the shown). The reference is raw prefix continuation sent
+straight to vLLM: the file's text before the cursor, cut at a line start to as many characters as
+the server's prompt for that line had, under a `# file:` header, greedy, one line.
 
-Also reported, because the tiny model cannot turn context into better answers (its MODEL.md says
-so): context recall — for lines that use a name defined in another file of the package, how often
-that definition was in the prompt sent to the backend. And the count of shown suggestions that
-add a syntax error (a fresh parse of the file with the suggestion, against the file without it).
+Then, per completion.minConfidence threshold, the share of lines that would be shown and the
+share of shown suggestions that are exactly right (the README's default comes from this table).
+Also: how often the prompt held the definition of a name from another file that the line uses,
+and shown suggestions that add a syntax error.
 
-    .venv/bin/python benchmarks/bench_quality.py [--backend-url URL] [--samples 120]
+    .venv/bin/python benchmarks/bench_quality.py [--backend-url URL] [--samples 160] [--sweep]
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_backend_flag, editor, quiet_client_logs, vllm  # noqa: E402
+from common import MODEL, add_backend_flag, editor, quiet_client_logs, vllm  # noqa: E402
 from lsprotocol import types  # noqa: E402
 
 from phi_lsp.core import syntax  # noqa: E402
@@ -40,8 +44,13 @@ from phi_lsp.core.symbols import definitions_in  # noqa: E402
 
 PACKAGES = ["boltons", "marshmallow", "tomlkit", "humanize"]
 ALL = ["suffix", "imports", "scopes", "symbols", "recent"]
-CONFIGS = [("baseline (prefix only)", [])] + [(f"+ {s}", [s]) for s in ALL] + [("full pipeline", ALL)]
+DEFAULT = None  # the server's default completion.contextSources
+# The server's configurations: the default, prefix only, and (with --sweep) each source on its own.
+CONFIGS = [("phi-lsp (default)", DEFAULT)]
+SWEEP = [("phi-lsp prefix only", [])] + [(f"phi-lsp + {s}", [s]) for s in ALL] + [("phi-lsp all sources", ALL)]
 BUDGET = 1536  # tokens: the default completion.contextTokens
+THRESHOLDS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6]
+MODES = ("token", "line")
 
 
 def fetch_packages(folder: Path) -> list[Path]:
@@ -78,13 +87,14 @@ def sample_lines(roots: list[Path], count: int, seed: int = 7) -> list[Sample]:
     candidates = []
     for path in files:
         lines = path.read_text(encoding="utf-8").split("\n")
+        body = function_body_lines(syntax.parse("python", path.read_bytes()))
         in_docstring = False
         for number, line in enumerate(lines):
             stripped = line.strip()
             if stripped.count('"""') == 1 or stripped.count("'''") == 1:
                 in_docstring = not in_docstring
                 continue
-            if in_docstring or len(stripped) < 12 or stripped.startswith(("#", "@", '"', "'")) or number < 3:
+            if in_docstring or len(stripped) < 12 or stripped.startswith(("#", "@", '"', "'")) or number not in body:
                 continue
             first = re.match(r"\s*\S+", line)
             column = first.end() if first else 0
@@ -94,12 +104,21 @@ def sample_lines(roots: list[Path], count: int, seed: int = 7) -> list[Sample]:
             names = [n for n in re.findall(r"[A-Za-z_]\w*", truth) if defined_in.get(n, set()) - {path}]
             candidates.append(Sample(path, number, column, truth, names))
     rng.shuffle(candidates)
-    # Half of the samples use a name from another file, so context recall has cases to count.
-    cross = [c for c in candidates if c.cross_file_names][: count // 2]
-    rest = [c for c in candidates if not c.cross_file_names][: count - len(cross)]
-    chosen = cross + rest
-    rng.shuffle(chosen)
-    return chosen
+    return candidates[:count]
+
+
+def function_body_lines(tree) -> set[int]:
+    """Lines inside function bodies (after their first line)."""
+    found: set[int] = set()
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.type == "function_definition":
+            body = node.child_by_field_name("body")
+            if body is not None and body.start_point.row > node.start_point.row:
+                found.update(range(body.start_point.row, body.end_point.row + 1))
+        stack.extend(node.named_children)
+    return found
 
 
 def errors(source: str) -> int:
@@ -115,15 +134,29 @@ class Scores:
     recall_cases: int = 0
     recall_hits: int = 0
     samples: int = 0
+    # (confidence, exact) per shown suggestion, for the threshold table
+    answers: list = field(default_factory=list)
+    prompt_chars: list = field(default_factory=list)  # per sample, for the raw reference
 
 
-async def run_config(url: str, root: Path, samples: list[Sample], sources: list[str], budget: int) -> Scores:
+def cut(sample: Sample, mode: str) -> tuple[list[str], str, str]:
+    """(the file's lines, the cursor line's head, the removed text) for a mode."""
+    lines = sample.path.read_text(encoding="utf-8").split("\n")
+    line = lines[sample.line]
+    column = sample.column if mode == "token" else len(line) - len(line.lstrip())
+    return lines, line[:column], line[column:].rstrip()
+
+
+async def run_config(url: str, root: Path, samples: list[Sample], sources: list[str] | None, budget: int,
+                     mode: str) -> Scores:
     scores = Scores()
-    async with editor(url, root, debounceMs=0, contextTokens=budget, contextSources=sources, maxTokens=48) as ed:
+    options = dict(debounceMs=0, contextTokens=budget, maxTokens=48)
+    if sources is not None:
+        options["contextSources"] = sources
+    async with editor(url, root, **options) as ed:
         recent: list[str] = []
         for sample in samples:
-            lines = sample.path.read_text(encoding="utf-8").split("\n")
-            head = lines[sample.line][: sample.column]
+            lines, head, truth = cut(sample, mode)
             text = "\n".join(lines[: sample.line] + [head] + lines[sample.line + 1 :])
             uri = sample.path.as_uri()
             ed.client.text_document_did_open(types.DidOpenTextDocumentParams(
@@ -134,18 +167,24 @@ async def run_config(url: str, root: Path, samples: list[Sample], sources: list[
                 context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
             suggestion = result.items[0].insert_text if result and result.items else ""
             predicted = suggestion.split("\n", 1)[0].rstrip()
+            last = await ed.command("phi.debug.lastPrompt")
+            prompt = last["prompt"] if last else ""
+            scores.prompt_chars.append(len(prompt))
             scores.samples += 1
+            if scores.samples % 20 == 0:
+                print(f"  ({mode}: {scores.samples}/{len(samples)})", file=sys.stderr, flush=True)
+            if suggestion:
+                confidence = ((last or {}).get("suggestions") or [{}])[0].get("confidence") or 0.0
+                scores.answers.append((confidence, predicted == truth))
             if suggestion:
                 scores.shown += 1
                 with_it = "\n".join(lines[: sample.line] + [head + suggestion] + lines[sample.line + 1 :])
                 if errors(with_it) > errors(text):
                     scores.syntax_added += 1
-            scores.exact += predicted == sample.truth
-            scores.similarity += difflib.SequenceMatcher(None, predicted, sample.truth).ratio() if predicted else 0.0
+            scores.exact += predicted == truth
+            scores.similarity += difflib.SequenceMatcher(None, predicted, truth).ratio() if predicted else 0.0
             if sample.cross_file_names:
                 scores.recall_cases += 1
-                last = await ed.command("phi.debug.lastPrompt")
-                prompt = last["prompt"] if last else ""
                 other_files = prompt.rsplit("# file:", 1)[0]  # everything before the current file
                 if any(re.search(rf"\b(def|class) {re.escape(n)}\b", other_files) for n in sample.cross_file_names):
                     scores.recall_hits += 1
@@ -153,7 +192,7 @@ async def run_config(url: str, root: Path, samples: list[Sample], sources: list[
             end = types.Position(sample.line, position.character)
             ed.client.text_document_did_change(types.DidChangeTextDocumentParams(
                 text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
-                content_changes=[types.TextDocumentContentChangePartial(range=types.Range(end, end), text=sample.truth)]))
+                content_changes=[types.TextDocumentContentChangePartial(range=types.Range(end, end), text=truth)]))
             recent.append(uri)
             if len(recent) > 3:
                 old = recent.pop(0)
@@ -162,34 +201,83 @@ async def run_config(url: str, root: Path, samples: list[Sample], sources: list[
     return scores
 
 
+async def raw_reference(url: str, folder: Path, samples: list[Sample], chars: list[int], mode: str) -> Scores:
+    """Raw prefix continuation straight to vLLM, each prompt as long as the server's was."""
+    import httpx
+
+    scores = Scores()
+    async with httpx.AsyncClient(timeout=60) as client:
+        for sample, budget in zip(samples, chars):
+            lines, head, truth = cut(sample, mode)
+            before = "\n".join(lines[: sample.line] + [head])
+            header = f"# file: {sample.path.relative_to(folder).as_posix()}\n"  # as the server shows it
+            keep = max(0, budget - len(header))
+            if len(before) > keep:
+                start = before.find("\n", len(before) - keep)
+                before = before[start + 1 :] if start >= 0 else before[-keep:]
+            answer = await client.post(f"{url}/completions", json={
+                "model": MODEL, "prompt": header + before, "max_tokens": 48, "temperature": 0,
+                "stop": ["\n", "<|endoftext|>"]})
+            text = answer.json()["choices"][0]["text"]
+            predicted = text.split("\n", 1)[0].rstrip()
+            scores.samples += 1
+            if predicted.strip():
+                scores.shown += 1
+                scores.answers.append((1.0, predicted == truth))
+            scores.exact += predicted == truth
+            scores.similarity += difflib.SequenceMatcher(None, predicted, truth).ratio() if predicted else 0.0
+    return scores
+
+
+def print_table(title: str, results: dict[str, Scores], n: int) -> None:
+    print(title)
+    print(f"  {'configuration':<30} {'shown':>6} {'exact':>7} {'precision':>10} {'similarity':>11} {'ctx recall':>11} {'syntax+':>8}")
+    for name, s in results.items():
+        recall = f"{s.recall_hits}/{s.recall_cases}" if s.recall_cases else "-"
+        precision = s.exact / s.shown if s.shown else 0.0
+        print(f"  {name:<30} {s.shown / n:>6.0%} {s.exact / n:>7.1%} {precision:>10.1%} {s.similarity / n:>11.3f} "
+              f"{recall:>11} {s.syntax_added:>8}")
+
+
+def print_thresholds(scores: Scores, n: int) -> None:
+    print("  completion.minConfidence (phi-lsp default sources):  threshold: shown / exact among shown / exact of all")
+    for t in THRESHOLDS:
+        kept = [ok for c, ok in scores.answers if c >= t]
+        right = sum(kept)
+        print(f"    {t:>4.2f}: {len(kept) / n:>5.0%} shown, {right / len(kept) if kept else 0:>6.1%} right, "
+              f"{right / n:>5.1%} of lines")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backend_flag(parser)
-    parser.add_argument("--samples", type=int, default=120)
+    parser.add_argument("--samples", type=int, default=160)
     parser.add_argument("--budget", type=int, default=BUDGET, help="completion.contextTokens")
+    parser.add_argument("--sweep", action="store_true", help="also each context source on its own")
+    parser.add_argument("--modes", default=",".join(MODES))
     args = parser.parse_args()
     quiet_client_logs()
+    configs = CONFIGS + (SWEEP if args.sweep else [])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         roots = fetch_packages(folder)
         samples = sample_lines(roots, args.samples)
+        n = len(samples)
         async with vllm(args.backend_url) as url:
-            results = {}
-            for name, sources in CONFIGS:
-                results[name] = await run_config(url, folder, samples, sources, args.budget)
-                print(f"(done: {name})", file=sys.stderr, flush=True)
-    n = len(samples)
-    print(f"Line completion on {', '.join(PACKAGES)} ({n} lines, cursor after the first token, "
-          f"prompt budget {args.budget} tokens, greedy, through the LSP)")
-    print(f"  {'configuration':<24} {'shown':>6} {'exact':>7} {'similarity':>11} {'ctx recall':>11} {'syntax+':>8}")
-    for name, s in results.items():
-        recall = f"{s.recall_hits}/{s.recall_cases}"
-        print(f"  {name:<24} {s.shown / n:>6.0%} {s.exact / n:>7.1%} {s.similarity / n:>11.3f} {recall:>11} {s.syntax_added:>8}")
-    base, full = results["baseline (prefix only)"], results["full pipeline"]
-    print(f"  full vs baseline: exact {100 * (full.exact - base.exact) / n:+.1f} points, "
-          f"similarity {(full.similarity - base.similarity) / n:+.3f}, "
-          f"context recall {full.recall_hits}/{full.recall_cases} vs {base.recall_hits}/{base.recall_cases}")
-    print(f"  suggestions that add a syntax error: {sum(s.syntax_added for s in results.values())} (goal 0)")
+            for mode in args.modes.split(","):
+                results: dict[str, Scores] = {}
+                for name, sources in configs:
+                    results[name] = await run_config(url, folder, samples, sources, args.budget, mode)
+                    print(f"(done: {mode} {name})", file=sys.stderr, flush=True)
+                default = results[CONFIGS[0][0]]
+                results["raw prefix to vLLM (same chars)"] = await raw_reference(url, folder, samples, default.prompt_chars, mode)
+                where = "cursor after the first token" if mode == "token" else "whole line removed, cursor after the indentation"
+                print_table(f"Line completion, {mode} mode ({where}) on {', '.join(PACKAGES)}: {n} lines, "
+                            f"prompt budget {args.budget} tokens, greedy, through the LSP", results, n)
+                print_thresholds(default, n)
+                raw = results["raw prefix to vLLM (same chars)"]
+                print(f"  phi-lsp vs raw prefix: exact {100 * (default.exact - raw.exact) / n:+.1f} points; "
+                      f"mean prompt {sum(default.prompt_chars) / n:.0f} chars", flush=True)
 
 
 if __name__ == "__main__":

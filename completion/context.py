@@ -36,7 +36,18 @@ FULL_STUBS = 4  # definitions shown with docstring, fields and __init__; the res
 LINE_WINDOW_BYTES = 8192  # of the cursor's own line, each side of the cursor
 # Most of the budget is the prefix's: it is what every model uses. The other sources take at
 # most these shares, and only as much as they need.
-DEFAULT_SHARES = {"suffix": 0.15, "imports": 0.08, "scopes": 0.04, "symbols": 0.12, "recent": 0.08}
+# Per prompt family, from benchmarks/bench_context.py (definition recall per symbols share) and
+# bench_quality.py (exact match against raw prefix continuation); docs/DECISIONS.md has the figures.
+# raw (base models continue the prefix; the suffix costs nothing): the smallest definitions share
+# that keeps recall >= 0.9 at the default budget, the rest stays the local prefix's.
+# chat (instruct models read the definitions and the suffix): a larger definitions share.
+DEFAULT_SHARES = {"suffix": 0.15, "imports": 0.08, "scopes": 0.04, "symbols": 0.15, "recent": 0.08}
+SHARES_BY_FAMILY = {"raw": DEFAULT_SHARES, "chat": {**DEFAULT_SHARES, "symbols": 0.2}}
+
+
+def shares_for(family: str) -> dict[str, float]:
+    """The budget shares for a prompt family (`raw`, or one of the chat families)."""
+    return SHARES_BY_FAMILY["raw" if family == "raw" else "chat"]
 SCOPES_MIN_TOKENS = 32
 _IDENTIFIER_TYPES = {
     "identifier", "type_identifier", "field_identifier", "property_identifier",
@@ -158,7 +169,7 @@ def build_context(
             # The first few in full, the rest as headers: more names fit, and a header is what
             # a call needs most.
             for text in (ranked.stub, ranked.brief) if len(definitions) < FULL_STUBS else (ranked.brief,):
-                cost = counter.count(text) + 1
+                cost = counter.count_lines(text) + 1  # line-cached: stubs repeat across requests
                 if cost <= share:
                     share -= cost
                     definitions.append(ranked.definition)

@@ -41,7 +41,6 @@ RECENT_BONUS = 0.75
 MEMBER = 1.5  # a public method of a class used before the cursor
 NAME_NEAR = 1.0  # a non-imported name used near the cursor, defined elsewhere
 MODULE_MEMBER_UNREFERENCED = 0.5
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True)
@@ -112,18 +111,19 @@ def _add_imported(imported: ImportedName, index: SymbolIndex, uses: "_Uses", add
         return
     # A module: its members are referred to as `local.member` (`import pkg.mod` -> `pkg.mod.x`).
     members = [d for d in index.in_file(module_path) if d.container is None]
+    referenced = uses.members_used(imported.local)
     unreferenced = 0
     for definition in members:
-        reference = f"{imported.local}.{definition.name}"
-        if uses.seen(reference):
-            add(definition, uses.score(reference))
+        if definition.name in referenced:
+            add(definition, uses.score(f"{imported.local}.{definition.name}"))
         elif unreferenced < MAX_MODULE_MEMBERS:
             unreferenced += 1
             add(definition, MODULE_MEMBER_UNREFERENCED)
 
 
 class _Uses:
-    """Where the file uses each (dotted) name, outside its import statements."""
+    """Where the file uses a (dotted) name, outside its import statements; searched per name
+    on demand (a few dozen literal searches cost less than tokenizing the whole file)."""
 
     def __init__(self, snapshot: Snapshot, cursor: int):
         source = snapshot.source
@@ -132,29 +132,36 @@ class _Uses:
         for child in root.named_children:
             if child.type in ("import_statement", "import_from_statement", "future_import_statement"):
                 blanked[child.start_byte : child.end_byte] = b" " * (child.end_byte - child.start_byte)
-        text = bytes(blanked).decode("latin-1")  # byte offsets stay character offsets
+        self.text = bytes(blanked).decode("latin-1")  # byte offsets stay character offsets
         self.cursor = cursor
-        self.positions: dict[str, list[int]] = {}
-        for match in _IDENTIFIER.finditer(text):
-            dotted = re.sub(r"\s+", "", match.group(0))
-            parts = dotted.split(".")
-            for end in range(1, len(parts) + 1):  # `a.b.c` uses `a`, `a.b` and `a.b.c`
-                self.positions.setdefault(".".join(parts[:end]), []).append(match.start())
         node = root.named_descendant_for_byte_range(max(0, cursor - 1), cursor)
         spec = syntax.spec_for(snapshot.language)
         scopes = syntax.enclosing(node, spec.functions | spec.classes)
         scope = scopes[0] if scopes else None
-        self.scope = (scope.start_byte, scope.end_byte) if scope is not None else (0, len(source))
+        self.scope_start = scope.start_byte if scope is not None else 0
+        self._cache: dict[str, list[int]] = {}
 
-    def seen(self, name: str) -> bool:
-        return name in self.positions
+    def positions(self, name: str) -> list[int]:
+        found = self._cache.get(name)
+        if found is None:
+            # The literal first (re searches for it fast), the character before checked after.
+            pattern = r"\s*\.\s*".join(map(re.escape, name.split("."))) + r"(?!\w)"
+            found = self._cache[name] = [m.start() for m in re.finditer(pattern, self.text) if self._starts_word(m.start())]
+        return found
+
+    def _starts_word(self, at: int) -> bool:
+        return at == 0 or not (self.text[at - 1].isalnum() or self.text[at - 1] in "_.")
+
+    def members_used(self, module_local: str) -> set[str]:
+        """The `x` of every `module_local.x` in the file."""
+        pattern = r"\s*\.\s*".join(map(re.escape, module_local.split("."))) + r"\s*\.\s*([A-Za-z_]\w*)"
+        return {m.group(1) for m in re.finditer(pattern, self.text) if self._starts_word(m.start())}
 
     def score(self, name: str) -> float:
-        before = [p for p in self.positions.get(name, ()) if p < self.cursor]
+        before = [p for p in self.positions(name) if p < self.cursor]
         if not before:
             return UNUSED
-        start, end = self.scope
-        if not any(start <= p for p in before):
+        if not any(self.scope_start <= p for p in before):
             return UNUSED_IN_SCOPE
         if any(self.cursor - NEAR_CURSOR_BYTES <= p for p in before):
             return USED_NEAR

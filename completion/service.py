@@ -41,7 +41,7 @@ from phi_lsp.core.tokens import TokenCounter
 
 from phi_lsp.completion import postprocess, prompts
 from phi_lsp.completion.cache import SuggestionCache
-from phi_lsp.completion.context import CompletionContext, Snippet, Sources, build_context
+from phi_lsp.completion.context import CompletionContext, Snippet, Sources, build_context, shares_for
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ class CompletionService:
         display: Callable[[str], str] = lambda path: path,
         escalation: Callable[[], Model | None] = lambda: None,
         router: Router | None = None,
+        recent_paths: Callable[[str], frozenset[str]] = lambda uri: frozenset(),
     ):
         self._model = model
         self._escalation = escalation
@@ -161,6 +162,7 @@ class CompletionService:
         self._settings = settings
         self.index = index
         self._recent = recent
+        self._recent_paths = recent_paths
         self._clean = clean
         self._sendable = sendable
         self._display = display
@@ -356,6 +358,8 @@ class CompletionService:
             sources=sources,
             display=self._display,
             suffix_in_prompt=family != prompts.RAW or prompts.uses_suffix(template),
+            recent_paths=self._recent_paths(request.uri),
+            shares=shares_for(family),
         )
         info = _cursor_info(snapshot, request.cursor, context)
         multiline = postprocess.is_multiline_position(info)
@@ -386,6 +390,9 @@ class CompletionService:
         low: list[int] = []
         suggestions = self._postprocess(choices, plan, settings.min_confidence, group, low)
         self.last_prompt["timings"] = {"backendMs": (answered - sent) * 1000, "postprocessMs": (time.monotonic() - answered) * 1000}
+        # What came out, with the confidence the gate compared (the quality benchmark chooses
+        # completion.minConfidence from these).
+        self.last_prompt["suggestions"] = [{"text": s.text, "confidence": s.confidence} for s in suggestions]
         produced_by, escalation = model.name, None
         reason = completion_reason(request.trigger == INVOKED, len(suggestions), len(low))
         if reason is not None:

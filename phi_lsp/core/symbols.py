@@ -125,9 +125,9 @@ def _fields(node: Node, source: bytes) -> tuple[str, ...]:
         return ()
     found = []
     for statement in body.named_children:
-        if statement.type != "expression_statement" or not statement.named_children:
-            continue
-        assignment = statement.named_children[0]
+        assignment = statement
+        if statement.type == "expression_statement" and statement.named_children:  # older grammars
+            assignment = statement.named_children[0]
         if assignment.type != "assignment":
             continue
         text = source[assignment.start_byte : assignment.end_byte].decode("utf-8", "replace")

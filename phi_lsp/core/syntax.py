@@ -164,6 +164,11 @@ SPECS["tsx"] = SPECS["typescript"]
 _PLAIN = LanguageSpec()
 
 
+def source_extensions() -> list[str]:
+    """The file extensions a language is known for (without the dot)."""
+    return sorted(ext.lstrip(".") for ext in _BY_EXTENSION)
+
+
 def spec_for(language: str | None) -> LanguageSpec:
     return SPECS.get(language or "", _PLAIN)
 

@@ -46,6 +46,8 @@ class ServerContext(Protocol):
 
     def command(self, command_name: str) -> Callable: ...
 
+    async def client_register_capability_async(self, params: types.RegistrationParams) -> None: ...
+
 
 class DocumentHost(Protocol):
     """What the protocol layer (pygls_overrides) needs of the server."""

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 RECENT_FILES = 3
 RECENT_WINDOW_S = 600
 RECENT_LINES = 6  # each side of the last edit
+RECENT_PATHS = 8  # documents whose definitions get the "recently viewed or edited" bonus
 MAX_SHOWN = 500
 
 
@@ -49,7 +50,9 @@ class CompletionFeature(Feature):
             display=self.display_path,
             escalation=self._escalation_model,
             router=server.service.router,
+            recent_paths=self._recent_paths,
         )
+        self._viewed: OrderedDict[str, float] = OrderedDict()  # documents opened or edited, latest last
         self._edits: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._latest: dict[tuple[str, str], asyncio.Task] = {}
         self._shown: OrderedDict[str, dict] = OrderedDict()
@@ -237,7 +240,22 @@ class CompletionFeature(Feature):
 
     # -- document hooks --------------------------------------------------------------------
 
+    def document_opened(self, document) -> None:
+        self._touch(document.uri)
+
+    def _touch(self, uri: str) -> None:
+        self._viewed[uri] = time.monotonic()
+        self._viewed.move_to_end(uri)
+        while len(self._viewed) > RECENT_PATHS:
+            self._viewed.popitem(last=False)
+
+    def _recent_paths(self, uri: str) -> frozenset[str]:
+        """Files the user recently opened or edited (their definitions rank higher)."""
+        now = time.monotonic()
+        return frozenset(path_of(u) for u, at in self._viewed.items() if u != uri and now - at <= RECENT_WINDOW_S)
+
     def document_changed(self, document, params: types.DidChangeTextDocumentParams) -> None:
+        self._touch(document.uri)
         self.service.note_keystroke(document.uri)
         last = params.content_changes[-1] if params.content_changes else None
         line = last.range.start.line if isinstance(last, types.TextDocumentContentChangePartial) else 0
@@ -247,6 +265,7 @@ class CompletionFeature(Feature):
     def document_closed(self, uri: str) -> None:
         self.service.forget(uri)
         self._edits.pop(uri, None)
+        self._viewed.pop(uri, None)
         for slot in [s for s in self._latest if s[0] == uri]:
             task = self._latest.pop(slot)
             if not task.done():
