@@ -149,6 +149,10 @@ def worker(job: dict) -> dict:
 
     counter = TokenCounter.for_model(job["model"])
     index = SymbolIndex()
+    if not job.get("old"):
+        from phi_lsp.core.chunks import ChunkIndex
+
+        index.chunks = ChunkIndex()
     asyncio.run(index.build([Path(r) for r in job["roots"]]))
     root_of = lambda p: next(r for r in job["roots"] if p.startswith(r))  # noqa: E731
     out: dict = {"recall": {}, "build_ms": [], "sweep": {}}
@@ -181,7 +185,49 @@ def worker(job: dict) -> dict:
             out["recall"][str(budget)] = hits / max(1, len(job["holes"]))
         else:
             out["sweep"][f"{budget}@{share}"] = hits / max(1, len(job["holes"]))
+    if not job.get("old"):
+        out["line_in_prompt"] = line_in_prompt(job, index, counter, ctx_module, prompts, syntax, Snapshot, root_of)
     return out
+
+
+def line_in_prompt(job, index, counter, ctx_module, prompts, syntax, Snapshot, root_of) -> dict:
+    """For random function-body lines (whole line removed): how often the removed line appears
+    word for word in the other files' part of the prompt, without and with similar chunks."""
+    found = {"default": 0, "with chunks": 0}
+    for hole in job["lines"]:
+        path = hole["path"]
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+        truth = lines[hole["line"]].strip()
+        indent = lines[hole["line"]][: len(lines[hole["line"]]) - len(lines[hole["line"]].lstrip())]
+        lines[hole["line"]] = indent
+        source = "\n".join(lines).encode()
+        cursor = len("\n".join(lines[: hole["line"]]).encode()) + (1 if hole["line"] else 0) + len(indent.encode())
+        snapshot = Snapshot(Path(path).as_uri(), 1, "python", source, syntax.parse("python", source))
+        display = os.path.relpath(path, root_of(path))
+        for name, sources in (("default", ctx_module.Sources()), ("with chunks", ctx_module.Sources(chunks=True))):
+            context = ctx_module.build_context(snapshot, cursor, job["budgets"][-1], counter, display, index=index,
+                                               file_path=path, suffix_in_prompt=False, sources=sources,
+                                               display=lambda p: os.path.relpath(p, root_of(p)))
+            prompt = prompts.render(context, prompts.RAW, single_line=False).text
+            other_files = prompt.rsplit(f"# file: {display}\n", 1)[0]
+            found[name] += any(line.strip() == truth for line in other_files.split("\n"))
+    return {name: count / max(1, len(job["lines"])) for name, count in found.items()}
+
+
+def random_body_lines(roots: list[Path], count: int, seed: int = 5) -> list[dict]:
+    from phi_lsp.core import syntax
+
+    candidates = []
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            source = path.read_bytes()
+            lines = source.decode("utf-8", "replace").split("\n")
+            for number in sorted(_function_body_lines(syntax.parse("python", source))):
+                stripped = lines[number].strip() if number < len(lines) else ""
+                if len(stripped) >= 12 and not stripped.startswith(("#", '"', "'")):
+                    candidates.append({"path": str(path), "line": number})
+    random.Random(seed).shuffle(candidates)
+    return candidates[:count]
 
 
 def run_worker(job: dict) -> dict:
@@ -260,6 +306,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", help="a checkout of the code before (git worktree), measured the same way")
     parser.add_argument("--holes", type=int, default=400)
+    parser.add_argument("--lines", type=int, default=200, help="random body lines for the similar-chunks figure")
     parser.add_argument("--no-index", action="store_true", help="skip the 5,000-file index figures")
     parser.add_argument("--shares", default="", help="also the recall with these symbols shares, e.g. 0.06,0.12,0.2")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -273,6 +320,7 @@ def main() -> None:
     roots = packages()
     holes = find_holes(roots, args.holes)
     job = {"roots": [str(r) for r in roots], "holes": holes, "budgets": BUDGETS,
+           "lines": random_body_lines(roots, args.lines),
            "model": str(model_dir())}
     shares = [float(x) for x in args.shares.split(",") if x]
     new = run_worker({**job, "shares": shares})
@@ -284,6 +332,10 @@ def main() -> None:
         print(f"  {'before (' + Path(args.old).name + ')':<22}" + "".join(f"{old['recall'][str(b)]:>13.2f}" for b in BUDGETS))
     for share in shares:
         print(f"  {f'symbols share {share:.2f}':<22}" + "".join(f"{new['sweep'][f'{b}@{share}']:>13.2f}" for b in BUDGETS))
+    lip = new["line_in_prompt"]
+    print(f"Removed line found word for word in other files' part of the prompt ({len(job['lines'])} random "
+          f"function-body lines, budget {BUDGETS[-1]}): default sources {lip['default']:.1%}, "
+          f"with similar chunks {lip['with chunks']:.1%}")
     times = sorted(new["build_ms"])
     p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
     print(f"Prompt building (context + render, budget {BUDGETS[-1]}): median {statistics.median(times):.2f} ms, "

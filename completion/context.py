@@ -9,7 +9,9 @@ Sources, each of which can be switched off (the quality evaluation measures them
 - `scopes`: the headers of the enclosing functions/classes when they fall outside the window;
 - `symbols`: definitions from other workspace files, chosen and ranked by
   completion/definitions.py (what the file imports first, then names near the cursor);
-- `recent`: snippets around the latest edits in other open files.
+- `recent`: snippets around the latest edits in other open files;
+- `chunks` (off by default): the workspace code most similar to the lines before the cursor
+  (phi_lsp/core/chunks.py), for what the imports do not reach.
 
 Budget shares are soft: what one source leaves unused goes to the prefix.
 """
@@ -41,7 +43,8 @@ LINE_WINDOW_BYTES = 8192  # of the cursor's own line, each side of the cursor
 # raw (base models continue the prefix; the suffix costs nothing): the smallest definitions share
 # that keeps recall >= 0.9 at the default budget, the rest stays the local prefix's.
 # chat (instruct models read the definitions and the suffix): a larger definitions share.
-DEFAULT_SHARES = {"suffix": 0.15, "imports": 0.08, "scopes": 0.04, "symbols": 0.15, "recent": 0.08}
+DEFAULT_SHARES = {"suffix": 0.15, "imports": 0.08, "scopes": 0.04, "symbols": 0.15, "recent": 0.08, "chunks": 0.1}
+CHUNK_QUERY_LINES = 12  # the lines before the cursor that similar code is looked up with
 SHARES_BY_FAMILY = {"raw": DEFAULT_SHARES, "chat": {**DEFAULT_SHARES, "symbols": 0.2}}
 
 
@@ -70,15 +73,16 @@ class Sources:
     scopes: bool = True
     symbols: bool = True
     recent: bool = True
+    chunks: bool = False  # similar code from other workspace files (off by default)
 
     @classmethod
     def only_prefix(cls) -> "Sources":
-        return cls(False, False, False, False, False)
+        return cls(False, False, False, False, False, False)
 
     @classmethod
     def named(cls, names) -> "Sources":
         """From the `completion.contextSources` setting."""
-        return cls(**{f: f in names for f in ("suffix", "imports", "scopes", "symbols", "recent")})
+        return cls(**{f: f in names for f in ("suffix", "imports", "scopes", "symbols", "recent", "chunks")})
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class Snippet:
 
     path: str
     text: str
-    kind: str  # "definitions" | "recent"
+    kind: str  # "definitions" | "recent" | "similar"
 
 
 @dataclass
@@ -194,6 +198,23 @@ def build_context(
             if "recent" not in used:
                 used.append("recent")
 
+    if sources.chunks and index is not None and index.chunks is not None:
+        share = int(budget * shares["chunks"])
+        query_start = source.rfind(b"\n", 0, max(0, line_start - 1))
+        for _ in range(CHUNK_QUERY_LINES - 1):
+            query_start = source.rfind(b"\n", 0, max(0, query_start))
+        query = _decode(source[max(0, query_start + 1) : cursor])
+        for chunk, _score in index.chunks.similar(query, file_path, boost=recent_paths):
+            text = _chunk_text(chunk.path, chunk.start_line, chunk.end_line)
+            cost = counter.count_lines(text) + 8
+            if not text.strip() or cost > share:
+                continue
+            share -= cost
+            remaining -= cost
+            snippets.append(Snippet(display(chunk.path), text, "similar"))
+            if "chunks" not in used:
+                used.append("chunks")
+
     # With a preamble the window must start at a statement boundary, or the preamble reads
     # like a file cut in the middle of a block (which measurably confuses models).
     align = sources.scopes or sources.imports
@@ -252,6 +273,16 @@ def build_context(
     )
     context.tokens = budget - remaining
     return context
+
+
+def _chunk_text(path: str, start: int, end: int) -> str:
+    """Lines [start, end) of a file on disk (chunks keep no text in memory)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().split("\n")
+    except OSError:
+        return ""
+    return "\n".join(lines[start:end])
 
 
 def _fit(items: list[str], remaining: int, share: int, counter: TokenCounter) -> tuple[list[str], int]:

@@ -195,3 +195,36 @@ def test_gitignore_rules_nested_and_negated(tmp_path):
     # A file saved later is held to the same rules.
     index.index_file(tmp_path / "pkg/local_secret.py")
     assert not index.lookup("hidden")
+
+
+def test_similar_chunks_come_from_other_files_with_recent_ones_weighted_up(tmp_path):
+    from phi_lsp.core.chunks import ChunkIndex
+
+    write(tmp_path, {
+        "a.py": "def load_config(path):\n    with open(path) as handle:\n        return parse_toml(handle.read())\n",
+        "b.py": "def load_settings(path):\n    with open(path) as handle:\n        return parse_toml(handle.read())\n",
+        "c.py": "def unrelated(x):\n    return x * 2\n",
+        "d.py": "def current(path):\n    with open(path) as handle:\n        return parse_toml(handle.read())\n",
+    })
+    index = SymbolIndex()
+    index.chunks = ChunkIndex()
+    asyncio.run(index.build([tmp_path]))
+    query = "def current(path):\n    with open(path) as handle:\n        return parse_toml("
+    found = index.chunks.similar(query, exclude_path=str(tmp_path / "d.py"), limit=3)
+    assert [c.path for c, _ in found][:2] == [str(tmp_path / "a.py"), str(tmp_path / "b.py")]
+    assert str(tmp_path / "c.py") not in [c.path for c, _ in found]
+    boosted = index.chunks.similar(query, exclude_path=str(tmp_path / "d.py"), boost=frozenset({str(tmp_path / "b.py")}))
+    assert boosted[0][0].path == str(tmp_path / "b.py")
+    # Through the context: the similar code is in the prompt, marked as such, only when asked for.
+    from phi_lsp.completion.context import Sources
+
+    source = (tmp_path / "d.py").read_bytes()
+    snapshot = Snapshot((tmp_path / "d.py").as_uri(), 1, "python", source, syntax.parse("python", source))
+    on = build_context(snapshot, len(source), 1024, TokenCounter(), "d.py", index=index,
+                       file_path=str(tmp_path / "d.py"), sources=Sources(chunks=True))
+    assert any(s.kind == "similar" and "load_config" in s.text for s in on.snippets) and "chunks" in on.sources_used
+    off = build_context(snapshot, len(source), 1024, TokenCounter(), "d.py", index=index, file_path=str(tmp_path / "d.py"))
+    assert not any(s.kind == "similar" for s in off.snippets)
+    # Removing a file removes its chunks.
+    index.remove(str(tmp_path / "a.py"))
+    assert str(tmp_path / "a.py") not in [c.path for c, _ in index.chunks.similar(query, None, limit=5)]

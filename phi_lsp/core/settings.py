@@ -31,7 +31,9 @@ from phi_lsp.core.trust import is_trusted
 
 DEFAULT_MODEL = "microsoft/Phi-4-mini-instruct"
 DEMO_MODEL = "phi-code-tiny"
-CONTEXT_SOURCES = ("suffix", "imports", "scopes", "symbols", "recent")
+CONTEXT_SOURCES = ("suffix", "imports", "scopes", "symbols", "recent")  # the default
+# `chunks` (similar code from the workspace) is off by default: docs/DECISIONS.md says why.
+CONTEXT_SOURCE_CHOICES = CONTEXT_SOURCES + ("chunks",)
 # Sections a workspace may set only when trusted: managed.* runs a program, backend.* decides
 # where code goes (and with which key), limits.* keeps a hostile file from stalling the server.
 GUARDED_SECTIONS = ("backend", "managed", "limits")
@@ -79,7 +81,7 @@ class CompletionSettings:
     context_tokens: int = _opt(1_536, "int", min=64, max=131_072)
     # Which context sources go into prompts besides the prefix (turn "symbols" and "recent"
     # off to send nothing from other files).
-    context_sources: tuple = _opt(CONTEXT_SOURCES, "str_list", choices=CONTEXT_SOURCES)
+    context_sources: tuple = _opt(CONTEXT_SOURCES, "str_list", choices=CONTEXT_SOURCE_CHOICES)
     timeout_ms: int = _opt(8_000, "int", min=100, max=120_000)
     prompt_variants: dict = _opt({}, "str_map")
 

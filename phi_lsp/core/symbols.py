@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 from tree_sitter import Node, Tree
 
 from phi_lsp.core import syntax
+from phi_lsp.core.chunks import ChunkIndex
 from phi_lsp.core.ignore import GitIgnore
 from phi_lsp.core.imports import ImportedName, imports_of, module_name_of
 
@@ -148,6 +149,7 @@ class SymbolIndex:
         self._module_of: dict[str, tuple[str, bool]] = {}  # path -> (module name, is a package)
         self._count = 0
         self.gitignore: GitIgnore | None = None
+        self.chunks: ChunkIndex | None = None  # similar-code retrieval, when a setting asks for it
         self.generation = 0  # bumped on every change (cached lookups compare it)
         self.ready = asyncio.Event() if _has_loop() else None
         self.files_indexed = 0
@@ -174,6 +176,8 @@ class SymbolIndex:
         for d in defs:
             self._by_name.setdefault(d.name, []).append(d)
         self._count += len(defs)
+        if self.chunks is not None:
+            self.chunks.update(path, tree, source, language)
         if language == "python":
             module, is_package = module_name_of(path)
             self._module_of[path] = (module, is_package)
@@ -184,6 +188,8 @@ class SymbolIndex:
         self._evict()
 
     def remove(self, path: str) -> None:
+        if self.chunks is not None:
+            self.chunks.remove(path)
         self._imports.pop(path, None)
         module = self._module_of.pop(path, None)
         if module is not None and self._modules.get(module[0]) == path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from lsprotocol import types
 
 from phi_lsp.core import syntax
+from phi_lsp.core.chunks import ChunkIndex
 from phi_lsp.core.documents import Document
 from phi_lsp.core.imports import forget_package_cache
 from phi_lsp.core.symbols import MAX_FILE_BYTES, SymbolIndex
@@ -49,6 +50,12 @@ class IndexFeature(Feature):
 
     def settings_changed(self, settings) -> None:
         self.index.set_exclude(self.server.privacy.is_excluded)
+        wants_chunks = "chunks" in settings.completion.context_sources
+        if wants_chunks != (self.index.chunks is not None):
+            # Similar-code retrieval keeps its own index (memory): only while it is asked for.
+            self.index.chunks = ChunkIndex() if wants_chunks else None
+            if wants_chunks and self._built:
+                self.server.run_task(self._build(), "symbol-index")  # fill it
         if not self._built:
             self._built = True
             self.server.run_task(self._build(), "symbol-index")
