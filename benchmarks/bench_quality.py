@@ -137,6 +137,15 @@ class Scores:
     # (confidence, exact) per shown suggestion, for the threshold table
     answers: list = field(default_factory=list)
     prompt_chars: list = field(default_factory=list)  # per sample, for the raw reference
+    reasons: dict = field(default_factory=dict)  # why nothing was shown (or "shown")
+
+
+def result_reason(last: dict | None, suggestion: str) -> str:
+    if suggestion:
+        return "shown"
+    if not last:
+        return "no request"
+    return "dropped by post-processing" if "suggestions" in last else "no answer (error or timeout)"
 
 
 def cut(sample: Sample, mode: str) -> tuple[list[str], str, str]:
@@ -150,7 +159,9 @@ def cut(sample: Sample, mode: str) -> tuple[list[str], str, str]:
 async def run_config(url: str, root: Path, samples: list[Sample], sources: list[str] | None, budget: int,
                      mode: str) -> Scores:
     scores = Scores()
-    options = dict(debounceMs=0, contextTokens=budget, maxTokens=48)
+    # A generous deadline: this measures what is shown, not how fast (a shared CPU vLLM can take
+    # tens of seconds per request under load, and a timeout would read as "nothing shown").
+    options = dict(debounceMs=0, contextTokens=budget, maxTokens=48, timeoutMs=120_000)
     if sources is not None:
         options["contextSources"] = sources
     async with editor(url, root, **options) as ed:
@@ -194,6 +205,7 @@ async def run_config(url: str, root: Path, samples: list[Sample], sources: list[
                 text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
                 content_changes=[types.TextDocumentContentChangePartial(range=types.Range(end, end), text=truth)]))
             recent.append(uri)
+            scores.reasons[result_reason(last, suggestion)] = scores.reasons.get(result_reason(last, suggestion), 0) + 1
             if len(recent) > 3:
                 old = recent.pop(0)
                 if old not in recent:
@@ -206,8 +218,9 @@ async def raw_reference(url: str, folder: Path, samples: list[Sample], chars: li
     import httpx
 
     scores = Scores()
-    async with httpx.AsyncClient(timeout=60) as client:
-        for sample, budget in zip(samples, chars):
+    gate = asyncio.Semaphore(4)  # a few at a time: vLLM batches them
+    async with httpx.AsyncClient(timeout=300) as client:
+        async def one(sample: Sample, budget: int) -> tuple[Sample, str, str]:
             lines, head, truth = cut(sample, mode)
             before = "\n".join(lines[: sample.line] + [head])
             header = f"# file: {sample.path.relative_to(folder).as_posix()}\n"  # as the server shows it
@@ -215,10 +228,14 @@ async def raw_reference(url: str, folder: Path, samples: list[Sample], chars: li
             if len(before) > keep:
                 start = before.find("\n", len(before) - keep)
                 before = before[start + 1 :] if start >= 0 else before[-keep:]
-            answer = await client.post(f"{url}/completions", json={
-                "model": MODEL, "prompt": header + before, "max_tokens": 48, "temperature": 0,
-                "stop": ["\n", "<|endoftext|>"]})
-            text = answer.json()["choices"][0]["text"]
+            async with gate:
+                answer = await client.post(f"{url}/completions", json={
+                    "model": MODEL, "prompt": header + before, "max_tokens": 48, "temperature": 0,
+                    "stop": ["\n", "<|endoftext|>"]})
+            return sample, truth, answer.json()["choices"][0]["text"]
+
+        answers = await asyncio.gather(*(one(s, b) for s, b in zip(samples, chars)))
+        for sample, truth, text in answers:
             predicted = text.split("\n", 1)[0].rstrip()
             scores.samples += 1
             if predicted.strip():
@@ -275,6 +292,7 @@ async def main() -> None:
                 print_table(f"Line completion, {mode} mode ({where}) on {', '.join(PACKAGES)}: {n} lines, "
                             f"prompt budget {args.budget} tokens, greedy, through the LSP", results, n)
                 print_thresholds(default, n)
+                print(f"  phi-lsp outcomes: {default.reasons}")
                 raw = results["raw prefix to vLLM (same chars)"]
                 print(f"  phi-lsp vs raw prefix: exact {100 * (default.exact - raw.exact) / n:+.1f} points; "
                       f"mean prompt {sum(default.prompt_chars) / n:.0f} chars", flush=True)
