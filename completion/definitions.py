@@ -136,7 +136,7 @@ class _Uses:
         self.cursor = cursor
         node = root.named_descendant_for_byte_range(max(0, cursor - 1), cursor)
         spec = syntax.spec_for(snapshot.language)
-        scopes = syntax.enclosing(node, spec.functions | spec.classes)
+        scopes = syntax.enclosing(root, node, spec.functions | spec.classes)
         scope = scopes[0] if scopes else None
         self.scope_start = scope.start_byte if scope is not None else 0
         self._cache: dict[str, list[int]] = {}
