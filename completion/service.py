@@ -435,12 +435,12 @@ class CompletionService:
         return suggestions, large.name, reason
 
     async def _complete(self, model: Model, prompt: prompts.Prompt, sampling: Sampling, timeout: float,
-                        affinity: str | None = None) -> list[Choice]:
+                        document: str | None = None) -> list[Choice]:
         backend = model.backend
         if prompt.family != prompts.RAW and not backend.supports_batching:
             # OpenAI-compatible servers apply the chat template themselves.
-            return await backend.chat(model.name, prompts.chat_messages(prompt), sampling, timeout)
-        return await model.batcher.complete(model.name, prompt.text, sampling, timeout, affinity=affinity)
+            return await backend.chat(model.name, prompts.chat_messages(prompt), sampling, timeout, document=document)
+        return await model.batcher.complete(model.name, prompt.text, sampling, timeout, document=document)
 
     def _postprocess(self, choices: list[Choice], plan: "Plan", min_confidence: float, group: str,
                      low_confidence: list[int] | None = None) -> list[Suggestion]:

@@ -22,7 +22,6 @@ from phi_lsp.core.chat_format import ChatRenderer
 from phi_lsp.model.backend import Backend, BackendError, Choice, Sampling
 from phi_lsp.core.settings import ReviewSettings
 from phi_lsp.core.documents import Snapshot
-from phi_lsp.model.endpoints import RoutedBackend
 from phi_lsp.model.escalation import COMPLEX, AnswerSignals, Router, review_reason
 
 from phi_lsp.review import findings as F
@@ -209,10 +208,11 @@ class _Item:
 
 @dataclass
 class Escalation:
-    """The review escalation model and the rules that send units to it (phi_lsp/routing.py,
-    docs/ROUTING.md). Its prompts form their own batches, sent to the endpoints serving it."""
+    """The review escalation model and the rules that send units to it
+    (phi_lsp/model/escalation.py, docs/ROUTING.md). Its prompts form their own batches, sent to
+    the endpoint serving it."""
 
-    backend: Any  # a Backend, or the endpoint pool's RoutedBackend
+    backend: Any  # a Backend, or the endpoints' ModelBackend
     options: ReviewOptions  # the large model's (its name and prompt mode)
     router: Router
     min_confidence: float = 0.7
@@ -435,16 +435,17 @@ class Reviewer:
                 self.stats.units_sent += 1
         self.stats.requests += 1 if backend.supports_batching else len(prompts)
         try:
+            # The request carries its file's session key (a save reviews one file; a batch of
+            # several files is keyed by its first, so a workspace review's batches spread over
+            # a router's replicas).
+            document = chunk[0].state.job.snapshot.uri if chunk else None
             if options.mode == "chat" and not backend.supports_batching:
                 # An OpenAI-compatible server applies the model's template to messages itself.
-                answers = await self._chat(backend, options, sampling, chunk, prompts)
-            elif isinstance(backend, RoutedBackend) and chunk:
-                # An endpoint pool: the file asking keeps its endpoint (prefix cache).
-                answers = await backend.complete(
-                    options.model, prompts, sampling, timeout_s=options.timeout_s, affinity=chunk[0].state.job.snapshot.uri
-                )
+                answers = await self._chat(backend, options, sampling, chunk, prompts, document)
             else:
-                answers = await backend.complete(options.model, prompts, sampling, timeout_s=options.timeout_s)
+                answers = await backend.complete(
+                    options.model, prompts, sampling, timeout_s=options.timeout_s, document=document
+                )
         except BackendError as exc:
             log.warning("review request for %d units failed: %s", len(prompts), exc.reason)
             return [exc] * len(prompts)
@@ -452,15 +453,16 @@ class Reviewer:
         return [choices[0] if choices else Choice("", None) for choices in answers]
 
     @staticmethod
-    async def _chat(backend, options: ReviewOptions, sampling: Sampling, chunk: list[_Item], prompts: list[str]):
+    async def _chat(backend, options: ReviewOptions, sampling: Sampling, chunk: list[_Item], prompts: list[str],
+                    document: str | None = None):
         calls = []
-        for prompt, item in zip(prompts, chunk or [None] * len(prompts)):
+        for prompt in prompts:
             messages = chat_messages(prompt, options.chat)
             if messages is None:  # not a prompt of ours: send it as it is
-                calls.append(_first(backend.complete(options.model, [prompt], sampling, timeout_s=options.timeout_s)))
+                calls.append(_first(backend.complete(options.model, [prompt], sampling, timeout_s=options.timeout_s,
+                                                     document=document)))
                 continue
-            extra = {"affinity": item.state.job.snapshot.uri} if isinstance(backend, RoutedBackend) and item else {}
-            calls.append(backend.chat(options.model, messages, sampling, timeout_s=options.timeout_s, **extra))
+            calls.append(backend.chat(options.model, messages, sampling, timeout_s=options.timeout_s, document=document))
         return await asyncio.gather(*calls)
 
     def _failed(self, item: _Item, error: BackendError) -> None:

@@ -20,6 +20,9 @@ told to close its connection afterwards, so no pooled connection escapes a switc
 - badlogprobs  the real answer, with strings and nulls put into its logprobs
 - huge       200 with a 100 MB JSON body (sent as long as the client reads)
 
+`fail_next(mode, n)` gives the next n model requests (POST) that fault and then passes again:
+a replica dying under one request while the router already sends the next one elsewhere.
+
 Every request (method, path, headers, body) is recorded in `requests`, whatever the mode, so a
 test can check exactly what left phi-lsp. The proxy runs its own event loop on a thread; its
 methods are safe to call from any thread or loop.
@@ -72,6 +75,7 @@ class FaultProxy:
         self.host = host
         self.port = 0
         self.mode = "pass"
+        self._next_faults: list[str] = []  # one-shot faults for the next model requests
         self.requests: list[Recorded] = []
         self.hangups = 0  # hanging requests whose client closed the connection
         self._lock = threading.Lock()
@@ -103,6 +107,11 @@ class FaultProxy:
 
     def heal(self) -> None:
         self.set_mode("pass")
+
+    def fail_next(self, mode: str, count: int = 1) -> None:
+        assert mode in FAULTS and mode != "refuse", mode  # refusing is the listener's, not a request's
+        with self._lock:
+            self._next_faults = [mode] * count
 
     def recorded(self, path_suffix: str = "") -> list[Recorded]:
         with self._lock:
@@ -152,8 +161,8 @@ class FaultProxy:
                 if request is None:
                     return
                 method, path, headers, body, raw_head = request
-                mode = self.mode
                 with self._lock:
+                    mode = self._next_faults.pop(0) if self._next_faults and method == "POST" else self.mode
                     self.requests.append(Recorded(method, path, headers, body, mode))
                 if not await self._serve(mode, raw_head, body, reader, writer):
                     return

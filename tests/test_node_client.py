@@ -68,6 +68,7 @@ def _expected_type(kind: str, default) -> str | list[str]:
         "url": "string",
         "secret": "string",
         "str": "string",
+        "header": "string",
         "choice": "string",
         "bool": "boolean",
         "int": "integer",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections import Counter
 
 import pytest
@@ -12,9 +13,13 @@ import pytest
 from phi_lsp.completion import prompts
 from phi_lsp.completion.context import CompletionContext, Snippet
 from phi_lsp.model import escalation as routing
-from phi_lsp.model.backend import BackendRequestError, BackendServerError
+from phi_lsp.model.backend import (
+    RETRY_DELAY_S, Backend, BackendError, BackendServerError, BackendUnreachable, Sampling,
+)
+from phi_lsp.model.batching import Batcher
 from phi_lsp.core.documents import Document
-from phi_lsp.model.endpoints import AFFINITY, ROUND_ROBIN, EndpointPool, EndpointSpec
+from phi_lsp.model.endpoints import Endpoints, EndpointSpec
+from phi_lsp.model.session import SessionKeys, session_key
 from phi_lsp.cli.stats import run_stats
 from phi_lsp.core.telemetry import COMPLETION, ROUTING, FeedbackStore, percentile, summarize, wilson
 from phi_lsp.review.complexity import measure
@@ -83,101 +88,217 @@ def test_router_counts_escalations_and_skips_them_over_budget_telling_the_user_o
     assert router.admit("review", "large", "complex")  # the budget frees as the minute passes
 
 
-# -- endpoints -----------------------------------------------------------------------------------
+# -- endpoints: which URL serves which model ------------------------------------------------------
 
 
 def test_endpoint_specs_with_aliases_and_which_endpoint_serves_what():
     spec = EndpointSpec.parse("http://a/v1/", ["phi-code-tiny", "phi-large=phi-code-tiny"])
     assert spec.url == "http://a/v1" and spec.serves("phi-large") and not spec.serves("other")
     assert spec.served_name("phi-large") == "phi-code-tiny" and spec.name_for("phi-code-tiny") == "phi-code-tiny"
-    pool = EndpointPool.create([
+    endpoints = Endpoints.create([
         EndpointSpec.parse("http://any/v1"),
         EndpointSpec.parse("http://big/v1", ["phi-large=phi-code-tiny"]),
     ])
     try:
-        assert [m.url for m in pool.serving("phi-large")] == ["http://big/v1"]
+        assert endpoints.for_model("phi-large").url == "http://big/v1"
         # backend.url (lists nothing) serves what no entry lists
-        assert [m.url for m in pool.serving("microsoft/Phi-4-mini-instruct")] == ["http://any/v1"]
-        assert pool.served_name("phi-large") == "phi-code-tiny"
+        assert endpoints.for_model("microsoft/Phi-4-mini-instruct").url == "http://any/v1"
+        assert endpoints.served_name("phi-large") == "phi-code-tiny"
+        assert endpoints.duplicates() == {}
     finally:
-        asyncio.run(pool.aclose())
+        asyncio.run(endpoints.aclose())
 
 
-@pytest.fixture
-def pool():
-    pool = EndpointPool.create([EndpointSpec.parse(f"http://replica{i}/v1", ["m"]) for i in range(3)])
-    yield pool
-    asyncio.run(pool.aclose())
+def test_one_url_per_model_replicas_listed_twice_use_the_first_and_are_reported():
+    endpoints = Endpoints.create([EndpointSpec.parse(f"http://replica{i}/v1", ["m"]) for i in range(3)])
+    try:
+        # No balancing here: every request for "m" goes to the first, whatever its load.
+        assert {endpoints.for_model("m").url for _ in range(10)} == {"http://replica0/v1"}
+        assert endpoints.duplicates() == {"m": [f"http://replica{i}/v1" for i in range(3)]}
+        assert not endpoints.serves("other")
+        with pytest.raises(BackendUnreachable):
+            endpoints.require("other")
+        # Its being down is the model's being down: nothing fails over to a "replica".
+        endpoints.members[0].backend.health.mark_down("refused")
+        assert not endpoints.available("m") and endpoints.for_model("m").url == "http://replica0/v1"
+    finally:
+        asyncio.run(endpoints.aclose())
 
 
-def test_documents_keep_their_endpoint_and_new_ones_go_to_the_least_loaded(pool):
-    first = pool.pick("m", "doc1")
-    first.outstanding = 3
-    assert pool.pick("m", "doc1") is first  # affinity: 3 <= max(2*0, 0 + 4)
-    second = pool.pick("m", "doc2")
-    assert second is not first
-    second.outstanding = 1
-    third = pool.pick("m", "doc3")
-    assert third not in (first, second)  # the only idle one
-    # Spread: with all idle, many documents land on every endpoint.
-    for m in pool.members:
-        m.outstanding = 0
-    fresh = EndpointPool(pool.members)
-    assert {fresh.pick("m", f"file{i}").url for i in range(30)} == {m.url for m in pool.members}
+# -- session keys ----------------------------------------------------------------------------------
 
 
-def test_a_much_busier_or_down_endpoint_loses_the_document(pool):
-    mine = pool.pick("m", "doc")
-    mine.outstanding = 9  # > max(2*0, 0 + 4): much busier than the idle ones
-    moved = pool.pick("m", "doc")
-    assert moved is not mine and pool.moved == 1
-    assert pool.pick("m", "doc") is moved  # and stays on the new one
-    moved.backend.health.mark_down("refused")
-    again = pool.pick("m", "doc")
-    assert again is not moved and again.available
-    for m in pool.members:
-        m.backend.health.mark_down("refused")
-    assert pool.pick("m", "doc") is None and not pool.available("m")
+def test_session_keys_are_stable_per_document_and_workspace_and_show_no_path():
+    keys = SessionKeys(["/home/alice/project", "/home/alice/project/sub"])
+    uri = "file:///home/alice/project/src/secret_plans.py"
+    key = keys.key(uri)
+    assert key == keys.key(uri) == SessionKeys(["/home/alice/project"]).key(uri)  # stable, across restarts
+    assert len(key) == 32 and all(c in "0123456789abcdef" for c in key)
+    assert not any(part in key for part in ("home", "alice", "secret", "plans", "py"))
+    assert key == session_key("/home/alice/project", uri)
+    # Different documents, different keys; the same file in another workspace, another key.
+    assert len({keys.key(f"file:///home/alice/project/m{i}.py") for i in range(100)}) == 100
+    assert SessionKeys(["/elsewhere"]).key(uri) != key
+    # The innermost workspace folder, percent-encoded URIs and documents outside any folder.
+    assert keys.workspace_of("file:///home/alice/project/sub/a.py") == "/home/alice/project/sub"
+    assert keys.workspace_of("file:///home/alice/project/my%20file.py") == "/home/alice/project"
+    assert keys.workspace_of("file:///home/alice/projectile/a.py") == ""
+    assert keys.workspace_of("untitled:Untitled-1") == ""
 
 
-def test_round_robin_ignores_documents(pool):
-    pool.policy = ROUND_ROBIN
-    assert len({pool.pick("m", "same-doc").url for _ in range(3)}) == 3
-    pool.policy = AFFINITY
+# -- the one retry ---------------------------------------------------------------------------------
 
 
-def test_an_outage_error_is_retried_once_on_another_endpoint(pool):
-    calls = []
+def _backend_answering(*answers, session_header="X-Session-ID", request_timeout_s=5.0):
+    """A Backend whose server answers `answers` in turn (an int: that HTTP status; an exception
+    class: raised as the connection's fate; "ok": a completion); the requests are recorded."""
+    import httpx
 
-    async def fn(member, served):
-        calls.append(member.url)
-        if len(calls) == 1:
-            member.backend.health.mark_down("reset")
-            raise BackendServerError("reset")
-        return served
+    seen: list = []
+    queue = list(answers)
 
-    assert asyncio.run(pool.call("m", "doc", fn)) == "m"
-    assert len(calls) == 2 and calls[0] != calls[1] and pool.retries == 1
-    assert all(m.outstanding == 0 for m in pool.members)
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = queue.pop(0) if queue else "ok"
+        if isinstance(answer, type):
+            raise answer("simulated", request=request)
+        if answer == "ok":
+            prompts = json.loads(request.content)["prompt"]
+            count = len(prompts) if isinstance(prompts, list) else 1
+            return httpx.Response(200, json={"choices": [
+                {"index": i, "text": " x", "finish_reason": "stop"} for i in range(count)]})
+        if isinstance(answer, tuple):
+            status, headers = answer
+            return httpx.Response(status, headers=headers, json={"error": {"message": "busy"}})
+        return httpx.Response(answer, text="Request failed: error sending request for url")
+
+    backend = Backend("http://fleet/v1", transport=httpx.MockTransport(handle), session_header=session_header,
+                      sessions=SessionKeys(["/w"]), request_timeout_s=request_timeout_s)
+    return backend, seen
 
 
-def test_a_refused_request_is_not_retried_and_two_outages_give_up(pool):
-    async def refused(member, served):
-        raise BackendRequestError("HTTP 400")
+def _complete(backend, document="file:///w/a.py", timeout_s=None):
+    return backend.complete("m", ["x ="], Sampling(max_tokens=2), timeout_s, document=document)
 
-    with pytest.raises(BackendRequestError):
-        asyncio.run(pool.call("m", "doc", refused))
-    assert pool.retries == 0
 
-    calls = []
+@pytest.mark.parametrize("fault", [500, 502, 503, "refused", "reset"])
+def test_a_request_that_met_a_dying_replica_is_sent_once_more_with_its_session_key(fault):
+    import httpx
 
-    async def broken(member, served):
-        calls.append(member.url)
-        raise BackendServerError("HTTP 500")
+    answer = {"refused": httpx.ConnectError, "reset": httpx.RemoteProtocolError}.get(fault, fault)
+    backend, seen = _backend_answering(answer)
 
-    with pytest.raises(BackendServerError):
-        asyncio.run(pool.call("m", "doc", broken))
-    assert len(calls) == 2  # once more, not a third time
+    async def run():
+        started = time.monotonic()
+        result = await _complete(backend)
+        await backend.aclose()
+        return result, time.monotonic() - started
+
+    result, took = asyncio.run(run())
+    assert result[0][0].text == " x"
+    assert len(seen) == 2 and took >= RETRY_DELAY_S
+    key = SessionKeys(["/w"]).key("file:///w/a.py")
+    assert [r.headers.get("X-Session-ID") for r in seen] == [key, key]  # the router sees the same document
+    assert backend.stats.retries == backend.stats.retries_answered == 1 and backend.stats.failures == 0
+    assert not backend.health.down  # a retry that succeeds is no outage
+
+
+@pytest.mark.parametrize("fault", [400, 404, 429, 504, (503, {"retry-after": "5"}), "timeout"])
+def test_refusals_timeouts_and_long_pauses_are_not_retried(fault):
+    import httpx
+
+    answer = httpx.ReadTimeout if fault == "timeout" else fault
+    backend, seen = _backend_answering(answer, "ok")
+
+    async def run():
+        try:
+            with pytest.raises(BackendError):
+                await _complete(backend)
+        finally:
+            await backend.aclose()
+
+    asyncio.run(run())
+    assert len(seen) == 1 and backend.stats.retries == 0
+
+
+def test_a_second_failure_is_the_outage_and_the_deadline_bounds_the_retry():
+    backend, seen = _backend_answering(502, 502, "ok")
+
+    async def twice():
+        try:
+            with pytest.raises(BackendServerError):
+                await _complete(backend)
+        finally:
+            await backend.aclose()
+
+    asyncio.run(twice())
+    assert len(seen) == 2 and backend.health.down and backend.stats.failures == 1
+
+    backend, seen = _backend_answering(502, "ok")
+
+    async def no_time_left():
+        try:
+            with pytest.raises(BackendServerError):
+                await _complete(backend, timeout_s=RETRY_DELAY_S)  # no room for a second try
+        finally:
+            await backend.aclose()
+
+    asyncio.run(no_time_left())
+    assert len(seen) == 1
+
+
+def test_a_request_cancelled_while_waiting_to_retry_is_never_sent_again():
+    backend, seen = _backend_answering(503, "ok")
+
+    async def run():
+        task = asyncio.ensure_future(_complete(backend))
+        while not seen:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(RETRY_DELAY_S / 3)  # in the retry's wait
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(RETRY_DELAY_S)
+        await backend.aclose()
+
+    asyncio.run(run())
+    assert len(seen) == 1 and backend.stats.retries == 1 and backend.stats.retries_answered == 0
+
+
+def test_no_header_without_a_document_or_with_the_header_turned_off():
+    backend, seen = _backend_answering()
+
+    async def run():
+        await _complete(backend, document=None)
+        await backend.aclose()
+        off, seen_off = _backend_answering(session_header="")
+        await _complete(off)
+        await off.aclose()
+        custom, seen_custom = _backend_answering(session_header="X-User-ID")
+        await _complete(custom)
+        await custom.aclose()
+        return seen_off, seen_custom
+
+    seen_off, seen_custom = asyncio.run(run())
+    assert "x-session-id" not in seen[0].headers and "x-session-id" not in seen_off[0].headers
+    assert seen_custom[0].headers["X-User-ID"] == SessionKeys(["/w"]).key("file:///w/a.py")
+
+
+def test_batches_are_per_document_when_session_keys_are_sent():
+    backend, seen = _backend_answering()
+
+    async def run(batcher):
+        sampling = Sampling(max_tokens=2)
+        await asyncio.gather(*(batcher.complete("m", f"p{i}", sampling, None, f"file:///w/d{i % 2}.py") for i in range(4)))
+        await backend.aclose()
+
+    asyncio.run(run(Batcher(backend, window_s=0.05)))
+    bodies = sorted(len(json.loads(r.content)["prompt"]) for r in seen)
+    assert bodies == [2, 2] and len({r.headers["X-Session-ID"] for r in seen}) == 2
+
+    backend, seen = _backend_answering(session_header="")
+    asyncio.run(run(Batcher(backend, window_s=0.05)))
+    assert len(seen) == 1  # no session keys: the documents share one request
 
 
 # -- feedback ------------------------------------------------------------------------------------

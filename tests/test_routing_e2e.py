@@ -1,6 +1,6 @@
-"""Routing against the real vLLM: an endpoint pool with a dead endpoint, escalation of invoked
-completions and of review units to a "large" model, escalations in phi.stats, feedback in
-SQLite.
+"""Routing against the real vLLM: the one retry of a request that met a dying server (with its
+session key), escalation of invoked completions and of review units to a "large" model served
+at its own endpoint, escalations in phi.stats, feedback in SQLite.
 
 One vLLM serves one name (phi-code-tiny), so the large model is the same server listed a second
 time under an alias: `{"url": <vllm>, "models": ["phi-large=phi-code-tiny"]}`. What is tested is
@@ -20,14 +20,16 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from phi_lsp.model.backend import Sampling
+from phi_lsp.model.backend import Backend, Sampling
 from phi_lsp.core.settings import ReviewSettings
 from phi_lsp.core.documents import Document
-from phi_lsp.model.endpoints import EndpointPool, EndpointSpec
+from phi_lsp.model.endpoints import Endpoints, EndpointSpec
+from phi_lsp.model.session import SessionKeys
 from phi_lsp.model.escalation import COMPLEX, SKIPPED_BUDGET, Router
 from phi_lsp.review import findings as F
 from phi_lsp.review.pipeline import Escalation, FileJob, Reviewer, ReviewOptions
 from tests.conftest import DEAD_BACKEND, MODEL_NAME, SERVER_COMMAND, initialize, make_client
+from tests.fault_proxy import FaultProxy
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.vllm]
 
@@ -52,28 +54,26 @@ COMPLEX_FUNCTION = "def tangle(rows, limit):\n" + "".join(
 ) + "    " * 7 + "limit -= 1\n    return limit\n"
 
 
-# -- the pool ------------------------------------------------------------------------------------
+# -- the one retry ------------------------------------------------------------------------------
 
 
-async def test_a_dead_endpoint_loses_no_request(vllm_url):
-    pool = EndpointPool.create([EndpointSpec.parse(DEAD_BACKEND, [MODEL_NAME]), EndpointSpec.parse(vllm_url, [MODEL_NAME])])
-    dead, live = pool.members
-    batcher = pool.batcher()
-    sampling = Sampling(max_tokens=4)
+@pytest.mark.parametrize("fault", ["reset", "http503", "http500"])
+async def test_a_request_broken_by_a_dying_server_is_answered_on_the_retry(vllm_url, fault):
+    proxy = FaultProxy(vllm_url).start()
+    backend = Backend(proxy.url, sessions=SessionKeys(["/w"]))
     try:
-        answers = await asyncio.gather(*(
-            batcher.complete(MODEL_NAME, f"# file: f{i}.py\nimport numpy as", sampling, 30, affinity=f"file:///f{i}.py")
-            for i in range(12)
-        ))
-        assert len(answers) == 12 and all(a and isinstance(a[0].text, str) for a in answers)
-        assert dead.backend.health.down and dead.requests >= 1 and pool.retries >= 1
-        assert live.requests == 12  # every request ended on the live one, none lost
-        # Later requests do not try the dead endpoint at all.
-        before = dead.requests
-        await pool.backend().complete(MODEL_NAME, ["def add(a, b):\n    return"], sampling, 30, affinity="file:///f0.py")
-        assert dead.requests == before
+        proxy.fail_next(fault)
+        [choices] = await backend.complete(MODEL_NAME, ["def add(a, b):\n    return"], Sampling(max_tokens=4), 30,
+                                           document="file:///w/add.py")
+        assert choices and isinstance(choices[0].text, str)
+        sent = proxy.recorded("/completions")
+        assert [r.mode for r in sent] == [fault, "pass"]
+        key = SessionKeys(["/w"]).key("file:///w/add.py")
+        assert {r.headers.get("x-session-id") for r in sent} == {key}
+        assert backend.stats.retries_answered == 1 and not backend.health.down
     finally:
-        await pool.aclose()
+        await backend.aclose()
+        proxy.close()
 
 
 # -- review escalation in the pipeline -----------------------------------------------------------
@@ -84,7 +84,7 @@ def job(text: str, name: str) -> FileJob:
 
 
 async def pool_and_escalation(vllm_url, large_url=None, min_confidence=0.0, router=None):
-    pool = EndpointPool.create([
+    pool = Endpoints.create([
         EndpointSpec.parse(vllm_url, [MODEL_NAME]),
         EndpointSpec.parse(large_url or vllm_url, [f"{LARGE}={MODEL_NAME}"]),
     ])
@@ -108,8 +108,8 @@ async def test_complex_units_go_straight_to_the_large_model_in_their_own_batch(v
         # an error finding that does not anchor) escalate in a second large batch.
         later = sum(escalated.values()) - escalated[COMPLEX]
         assert escalated[COMPLEX] == 1 and result.units_escalated == 1 + later
-        assert small_ep.backend.stats.prompts == 3 and small_ep.requests == 1
-        assert large_ep.backend.stats.prompts == 1 + later and large_ep.requests == 1 + (later > 0)
+        assert small_ep.backend.stats.prompts == 3 and small_ep.backend.stats.http_requests == 1
+        assert large_ep.backend.stats.prompts == 1 + later and large_ep.backend.stats.http_requests == 1 + (later > 0)
         assert escalation.router.escalations[("review", LARGE, COMPLEX)] == 1
         assert reviewer.stats.answers_by_model == {MODEL_NAME: 3, LARGE: 1 + later}
         assert result.units_sent == 4 and result.units_failed == 0
@@ -226,7 +226,7 @@ async def test_invoked_completion_escalates_counted_in_stats_and_feedback_lands_
     assert stats["routing"]["escalations"]["completion"][LARGE]["low-confidence"] == 1
     assert stats["completion"]["escalated"] == 1
     members = stats["endpoints"]["members"]
-    assert members[1]["models"] == [f"{LARGE}={MODEL_NAME}"] and members[1]["requests"] >= 1
+    assert members[1]["models"] == [f"{LARGE}={MODEL_NAME}"] and members[1]["httpRequests"] >= 1
 
     # Automatic completions never wait for the large model.
     uri2, position2 = open_doc(client, "b.py", "def total(items):\n    count =")
@@ -294,4 +294,7 @@ async def test_doctor_checks_every_endpoint_and_what_it_is_listed_for(vllm_url):
     text = out.getvalue()
     assert f"{vllm_url}: reachable; serves {MODEL_NAME}; listed for {MODEL_NAME}, {LARGE}={MODEL_NAME}" in text
     assert f"The endpoint {DEAD_BACKEND} does not answer" in text
+    # Two URLs for one model: replicas are the router's, phi-lsp uses the first and says so.
+    assert f"backend.endpoints lists '{MODEL_NAME}' at 2 URLs; only the first ({vllm_url}) is used" in text
+    assert f"vLLM " in text and "itself (no router in front" in text
     assert f"review.escalationModel '{LARGE}': {vllm_url}" in text

@@ -27,7 +27,7 @@ class HeldBatcher:
         self.gate = asyncio.Event()
         self.idle = True
 
-    async def complete(self, model, prompt, sampling, timeout_s=None, affinity=None):
+    async def complete(self, model, prompt, sampling, timeout_s=None, document=None):
         self.calls += 1
         try:
             await self.gate.wait()

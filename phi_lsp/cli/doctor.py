@@ -1,5 +1,6 @@
 """`phi-lsp doctor`: the configuration in effect, whether the backend answers, which models it
-serves, and what to fix. Exit status 1 when something needs fixing."""
+serves, what stands behind its URL (vLLM itself or vLLM's router and its workers), and what to
+fix. Exit status 1 when something needs fixing."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from phi_lsp.core.privacy import mask_known
 from phi_lsp.core.settings import SettingsManager, all_keys, redacted
 from phi_lsp.model.managed_vllm import choose_model, has_gpu, vllm_missing
 from phi_lsp.model.cli_backend import find_serve_model, model_configured
+from phi_lsp.model.server_probe import describe, probe_server
 
 
 async def run_doctor(manager: SettingsManager, out=None) -> int:
@@ -55,6 +57,7 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
             )
         if served is not None:
             say(f"  reachable; serves: {', '.join(served) or '(nothing)'}")
+            await _say_what_serves(b.url, b.api_key, b.session_header, say, problems)
             for task in ("completion", "review"):
                 model = getattr(settings, task).model
                 if model not in served:
@@ -122,16 +125,21 @@ async def _check_chat_formats(settings, backend: Backend, say, problems: list[st
 
 async def _check_endpoints(settings, say, problems: list[str]) -> None:
     """backend.endpoints (and backend.url beside them): each server and what it serves."""
-    from phi_lsp.model.endpoints import EndpointPool, EndpointSpec
+    from phi_lsp.model.endpoints import Endpoints, EndpointSpec
 
     b = settings.backend
     specs = [EndpointSpec.parse(b.url, (), b.api_key)] if b.url else []
     specs += [EndpointSpec.parse(e.url, e.models, e.api_key) for e in b.endpoints]
-    pool = EndpointPool.create(specs, kind=b.kind, connect_timeout_s=b.connect_timeout_ms / 1000)
+    endpoints = Endpoints.create(specs, kind=b.kind, connect_timeout_s=b.connect_timeout_ms / 1000)
     say(f"Backend: {len(specs)} endpoints (kind {b.kind})")
+    for model, urls in endpoints.duplicates().items():
+        problems.append(
+            f"backend.endpoints lists {model!r} at {len(urls)} URLs; only the first ({urls[0]}) is used. "
+            "Replicas of one model go behind vllm-router, listed once by its URL (docs/DEPLOY.md)."
+        )
     try:
-        for member in pool.members:
-            listed = [n if n == s else f"{n}={s}" for n, s in member.spec.models] or ["(every model no entry lists)"]
+        for member in endpoints.members:
+            listed = member.spec.listed() or ["(every model no entry lists)"]
             try:
                 served = await member.backend.list_models(timeout_s=5)
             except BackendError as exc:
@@ -139,6 +147,7 @@ async def _check_endpoints(settings, say, problems: list[str]) -> None:
                 say(f"  {member.url}: not answering; listed for {', '.join(listed)}")
                 continue
             say(f"  {member.url}: reachable; serves {', '.join(served) or '(nothing)'}; listed for {', '.join(listed)}")
+            await _say_what_serves(member.url, member.spec.api_key, b.session_header, lambda t: say("  " + t), problems)
             for name, served_name in member.spec.models:
                 if served and served_name not in served:
                     problems.append(f"{member.url} does not serve {served_name!r} (listed in backend.endpoints).")
@@ -147,10 +156,19 @@ async def _check_endpoints(settings, say, problems: list[str]) -> None:
             for key, model in (("model", section.model), ("escalationModel", section.escalation_model)):
                 if model is None:
                     continue
-                urls = [m.url for m in pool.serving(model)]
-                if urls:
-                    say(f"  {task}.{key} {model!r}: {', '.join(urls)}")
+                endpoint = endpoints.for_model(model)
+                if endpoint is not None:
+                    say(f"  {task}.{key} {model!r}: {endpoint.url}")
                 else:
                     problems.append(f"{task}.{key} is {model!r}, which no endpoint lists.")
     finally:
-        await pool.aclose()
+        await endpoints.aclose()
+
+
+async def _say_what_serves(url: str, api_key: str | None, session_header: str, say, problems: list[str]) -> None:
+    """What stands behind `url`: vLLM itself, vllm-router and its workers, or another server."""
+    facts = await probe_server(url, api_key)
+    lines, found = describe(facts, session_header)
+    for line in lines:
+        say(f"  {line}")
+    problems += [f"{url}: {problem}" for problem in found]

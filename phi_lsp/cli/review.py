@@ -153,19 +153,19 @@ def cli_escalation(settings, cb) -> Escalation | None:
     from phi_lsp.model.escalation import Router
 
     name = settings.review.escalation_model
-    pool = cb.pool
-    if not name or pool is None or name == cb.review_model or not pool.serves(name):
+    endpoints = cb.endpoints
+    if not name or endpoints is None or name == cb.review_model or not endpoints.serves(name):
         return None
     router = Router(tell_user=lambda text: print(text, file=sys.stderr))
     router.configure(settings.routing.max_tokens_per_minute)
-    for member in pool.members:
+    for member in endpoints.members:
         member.backend.on_usage = (
             lambda served, prompt, completion, spec=member.spec: router.note_usage(spec.name_for(served), prompt, completion)
         )
     options = ReviewOptions.from_settings(settings.review, name, cb.backend)
     from dataclasses import replace
 
-    options = replace(options, mode=resolve_mode("auto", pool.served_name(name)))
+    options = replace(options, mode=resolve_mode("auto", endpoints.served_name(name)))
     return Escalation(cb.backend, options, router, settings.routing.review_min_confidence)
 
 

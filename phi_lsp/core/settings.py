@@ -39,6 +39,7 @@ CONTEXT_SOURCE_CHOICES = CONTEXT_SOURCES + ("chunks",)
 GUARDED_SECTIONS = ("backend", "managed", "limits")
 PYPROJECT = "pyproject.toml"
 CONFIG_FILE = "--config"
+HEADER_NAME = r"[A-Za-z0-9!#$%&'*+.^_`|~-]*"  # an HTTP token (RFC 9110), or empty
 
 
 def _opt(default, kind: str, **rules) -> Any:
@@ -66,7 +67,10 @@ class BackendSettings:
     api_key: str | None = _opt(None, "secret")
     connect_timeout_ms: int = _opt(2000, "int", min=100, max=60_000)
     request_timeout_ms: int = _opt(60_000, "int", min=500, max=3_600_000)
+    # Which URL serves which model (one URL per model: replicas go behind vllm-router).
     endpoints: tuple = _opt((), "endpoints")
+    # The request header that carries each document's session key ("" sends none).
+    session_header: str = _opt("X-Session-ID", "header")
 
 
 @dataclass(frozen=True)
@@ -186,11 +190,15 @@ class _Invalid(ValueError):
 
 def _check(value: Any, meta: Mapping[str, Any]) -> Any:
     kind = meta["kind"]
-    if value is None and kind in ("url", "secret", "str", "int"):
+    if value is None and kind in ("url", "secret", "str", "int", "header"):
         return None  # null means "not set": the default applies
     if kind in ("str", "secret"):
         if not isinstance(value, str) or not value.strip():
             raise _Invalid("must be a non-empty string")
+        return value.strip()
+    if kind == "header":
+        if not isinstance(value, str) or not re.fullmatch(HEADER_NAME, value.strip()):
+            raise _Invalid("must be an HTTP header name such as X-Session-ID (letters, digits, '-'), or \"\" for none")
         return value.strip()
     if kind == "url":
         if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value.strip()):

@@ -325,6 +325,7 @@ def register_core_handlers(server: PhiServer) -> None:
         if not roots and params.root_path:
             roots = [params.root_path]
         ls.workspace_roots = [Path(path_of(uri)) for uri in roots]
+        ls.service.set_workspace_roots(ls.workspace_roots)  # part of each document's session key
         ls.load_initial_settings(params.initialization_options)
         ls.watch_parent(params.process_id)
 
@@ -414,6 +415,8 @@ def collect_stats(ls: PhiServer) -> dict:
             "inFlight": backend.stats.in_flight,
             "prompts": backend.stats.prompts,
             "failures": backend.stats.failures,
+            "retries": backend.stats.retries,  # sent again after a dying replica's failure
+            "retriesAnswered": backend.stats.retries_answered,
             "promptTokens": backend.stats.prompt_tokens,
             "completionTokens": backend.stats.completion_tokens,
             "byPath": dict(backend.stats.by_path),

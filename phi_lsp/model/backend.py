@@ -7,6 +7,15 @@ OpenAI-compatible server), with typed errors and outage tracking.
   concurrently), no logprobs, no structured outputs. Callers see `supports_*` and turn the
   features off instead of faking them.
 
+Every model request names its document in the session header (`backend.sessionHeader`,
+default `X-Session-ID`: a hash, phi_lsp/model/session.py), so a router in front of several
+replicas (vllm-router, `consistent_hash`) keeps each document on one replica's prefix cache.
+
+A request that fails as a dying replica makes it fail (connection refused or broken before an
+answer, HTTP 500/502/503) is sent once more after RETRY_DELAY_S, within its deadline: by then
+the router has taken the replica out of rotation, and the user sees nothing. Timeouts, refusals
+(4xx, 429) and garbage are not retried, and a cancelled request never is.
+
 Failures raise a `BackendError` subclass fast. An outage (refused, reset, timeout, 5xx, 429,
 garbage) flips the health to "down" exactly once, which the server turns into one message to
 the user; while down, calls fail at once and a probe polls the server every half second, so
@@ -26,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from phi_lsp.core.positions import valid_text
 from phi_lsp.core.privacy import mask
+from phi_lsp.model.session import DEFAULT_HEADER, SessionKeys
 
 if TYPE_CHECKING:
     import httpx
@@ -37,6 +47,12 @@ PROBE_INTERVAL_S = 0.5
 # answer. A completion or review answer is a few kilobytes; /models, a few hundred bytes.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_PROBES = 8  # probe attempts in flight at once (each bounded by 2x the connect timeout)
+# One retry of a request that met a dying replica. vllm-router with `--health-check-interval-secs
+# 1 --cb-failure-threshold 1` stops sending there after the first failure; a longer wait only
+# adds latency.
+RETRY_DELAY_S = 0.3
+MAX_RETRY_DELAY_S = 1.0  # a 503 asking for a longer pause (Retry-After) is not retried
+RETRY_STATUSES = (500, 502, 503)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -95,16 +111,18 @@ class Choice:
 
 
 class BackendError(Exception):
-    """A model call failed. `outage` says whether the backend itself is unavailable."""
+    """A model call failed. `outage` says whether the backend itself is unavailable;
+    `retry_in` is set (seconds) when sending the same request again that soon may succeed."""
 
     outage = True
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, retry_in: float | None = None):
         # Errors become text everywhere (CLI output, LSP answers, messages, logs), and a
         # backend may echo the request (its Authorization header): masked once, here.
         reason = mask(reason)
         super().__init__(reason)
         self.reason = reason
+        self.retry_in = retry_in
 
 
 class BackendUnreachable(BackendError):
@@ -184,6 +202,8 @@ class BackendStats:
     in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    retries: int = 0  # requests sent a second time after a failure that may pass on retry
+    retries_answered: int = 0  # of those, answered the second time
     by_path: dict[str, int] = field(default_factory=dict)
 
 
@@ -197,11 +217,15 @@ class Backend:
         request_timeout_s: float = 60.0,
         health: Health | None = None,
         transport: "httpx.AsyncBaseTransport | None" = None,
+        session_header: str = DEFAULT_HEADER,
+        sessions: SessionKeys | None = None,
     ):
         import httpx  # imported when first needed: it costs ~0.1 s of server start-up
 
         self.url = url.rstrip("/")
         self.kind = kind
+        self.session_header = session_header  # "": no session header
+        self.sessions = sessions or SessionKeys()
         self.health = health or Health()
         self.stats = BackendStats()
         self._connect_timeout = connect_timeout_s
@@ -250,17 +274,19 @@ class Backend:
         prompts: Sequence[str],
         sampling: Sampling,
         timeout_s: float | None = None,
+        document: str | None = None,
     ) -> list[list[Choice]]:
-        """Complete each prompt; returns `sampling.n` choices per prompt, in prompt order."""
+        """Complete each prompt; returns `sampling.n` choices per prompt, in prompt order.
+        `document` (a URI) is the document the prompts are for: its session key goes along."""
         if not prompts:
             return []
         if not self.supports_batching and len(prompts) > 1:
             results = await asyncio.gather(
-                *(self.complete(model, [p], sampling, timeout_s) for p in prompts)
+                *(self.complete(model, [p], sampling, timeout_s, document) for p in prompts)
             )
             return [r[0] for r in results]
         body = self.completion_body(model, prompts, sampling)
-        data = await self._post("/completions", body, timeout_s, prompts=len(prompts))
+        data = await self._post("/completions", body, timeout_s, prompts=len(prompts), document=document)
         return self._parsed(_parse_completions, data, len(prompts), sampling.n)
 
     def completion_body(self, model: str, prompts: Sequence[str], sampling: Sampling) -> dict[str, Any]:
@@ -289,6 +315,7 @@ class Backend:
         messages: list[dict[str, str]],
         sampling: Sampling,
         timeout_s: float | None = None,
+        document: str | None = None,
     ) -> list[Choice]:
         """One chat completion (the server applies the model's chat template)."""
         body: dict[str, Any] = {
@@ -300,7 +327,7 @@ class Backend:
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
-        data = await self._post("/chat/completions", body, timeout_s, prompts=1)
+        data = await self._post("/chat/completions", body, timeout_s, prompts=1, document=document)
         return self._parsed(_parse_chat, data)
 
     # -- vLLM's tokenizer endpoints (at the server's root, beside /v1) ----------------------
@@ -339,13 +366,20 @@ class Backend:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    async def _post(self, path: str, body: dict, timeout_s: float | None, prompts: int) -> Any:
+    def session_headers(self, document: str | None) -> dict[str, str]:
+        if not document or not self.session_header:
+            return {}
+        return {self.session_header: self.sessions.key(document)}
+
+    async def _post(
+        self, path: str, body: dict, timeout_s: float | None, prompts: int, document: str | None = None
+    ) -> Any:
         if not self.health.accepting:
             raise BackendUnreachable(self.health.reason)
         if self.health.retry_after > time.monotonic():
             raise BackendOverloaded("the backend asked to retry later (HTTP 429)")
         self.stats.prompts += prompts
-        data = await self._request("POST", path, body, timeout_s)
+        data = await self._request("POST", path, body, timeout_s, self.session_headers(document), retry=True)
         self.health.mark_up()
         usage = data.get("usage") if isinstance(data, dict) else None
         if isinstance(usage, dict):
@@ -356,32 +390,31 @@ class Backend:
             self.on_usage(str(body.get("model", "")), prompt_tokens, completion_tokens)
         return data
 
-    async def _request(self, method: str, path: str, body: dict | None, timeout_s: float | None, root: bool = False) -> Any:
-        import httpx
-
-        self.stats.http_requests += 1
-        self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
+    async def _request(
+        self, method: str, path: str, body: dict | None, timeout_s: float | None,
+        headers: dict[str, str] | None = None, retry: bool = False, root: bool = False,
+    ) -> Any:
+        """Send one request; with `retry`, once more after a failure that a retry may cure,
+        if the deadline leaves room. The outage is declared only when the last try failed."""
         self.stats.in_flight += 1
         self.on_activity(self.stats.in_flight)
         total = timeout_s or self._request_timeout
-        timeout = httpx.Timeout(total, connect=self._connect_timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total
         try:
             try:
-                # httpx's read timeout is per read; the deadline bounds a slow drip as well.
-                async with asyncio.timeout(total):
-                    async with self._client.stream(
-                        method, (self.root_url if root else self.url) + path, json=body, timeout=timeout
-                    ) as response:
-                        content = await self._read_capped(response)
-            except httpx.ConnectError as exc:
-                raise BackendUnreachable(f"cannot connect to {self.url} ({_short(exc)})") from exc
-            except (httpx.TimeoutException, TimeoutError) as exc:
-                raise BackendTimeout(f"{self.url} did not answer within {total:.1f} s") from exc
-            except (httpx.TransportError, httpx.DecodingError) as exc:
-                raise BackendServerError(
-                    f"the connection to {self.url} broke ({_short(exc)})"
-                ) from exc
-            return self._decode(response, content)
+                return await self._send(method, path, body, total, headers, root)
+            except BackendError as exc:
+                wait = exc.retry_in
+                if not retry or wait is None or deadline - loop.time() < wait + RETRY_DELAY_S:
+                    raise
+                self.stats.retries += 1
+                log.info("retrying a request to %s in %.1f s after: %s", self.url, wait, exc.reason)
+            await asyncio.sleep(wait)  # a cancellation ends it here: never retried
+            data = await self._send(method, path, body, deadline - loop.time(), headers, root)
+            self.stats.retries_answered += 1
+            self.health.retry_after = 0.0  # the 503 that asked for a pause is answered
+            return data
         except BackendError as exc:
             self.stats.failures += 1
             if exc.outage:
@@ -405,14 +438,50 @@ class Backend:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def _send(
+        self, method: str, path: str, body: dict | None, total: float, headers: dict[str, str] | None,
+        root: bool = False,
+    ) -> Any:
+        """One HTTP exchange within `total` seconds, decoded; failures as BackendError."""
+        import httpx
+
+        self.stats.http_requests += 1
+        self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
+        timeout = httpx.Timeout(total, connect=self._connect_timeout)
+        try:
+            # httpx's read timeout is per read; the deadline bounds a slow drip as well.
+            async with asyncio.timeout(total):
+                async with self._client.stream(
+                    method, (self.root_url if root else self.url) + path, json=body, timeout=timeout, headers=headers
+                ) as response:
+                    content = await self._read_capped(response)
+        except httpx.ConnectError as exc:
+            raise BackendUnreachable(f"cannot connect to {self.url} ({_short(exc)})", RETRY_DELAY_S) from exc
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            # Not retried: the deadline is spent, and a server that is slow stays slow.
+            raise BackendTimeout(f"{self.url} did not answer within {total:.1f} s") from exc
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            # The connection closed or reset before a whole answer: the server (a replica
+            # without a router in front) died under the request.
+            raise BackendServerError(
+                f"the connection to {self.url} broke ({_short(exc)})", RETRY_DELAY_S
+            ) from exc
+        return self._decode(response, content)
+
     def _decode(self, response: "httpx.Response", content: bytes) -> Any:
         status = response.status_code
+        # 500/502/503 is what a router answers when the replica it chose died under the
+        # request (vllm-router says 500): worth one more try, which it sends elsewhere.
+        again = RETRY_DELAY_S if status in RETRY_STATUSES else None
         if status == 429 or status == 503:
-            retry = _retry_after(response.headers.get("retry-after"))
+            header = response.headers.get("retry-after")
+            retry = _retry_after(header)
             self.health.retry_after = time.monotonic() + retry
-            raise BackendOverloaded(f"{self.url} is overloaded (HTTP {status})")
+            if status == 503 and header is not None:
+                again = max(RETRY_DELAY_S, retry) if retry <= MAX_RETRY_DELAY_S else None
+            raise BackendOverloaded(f"{self.url} is overloaded (HTTP {status})", again)
         if status >= 500:
-            raise BackendServerError(f"{self.url} failed (HTTP {status}: {_body_hint(response, content)})")
+            raise BackendServerError(f"{self.url} failed (HTTP {status}: {_body_hint(response, content)})", again)
         if status >= 400:
             raise BackendRequestError(f"{self.url} refused the request (HTTP {status}: {_body_hint(response, content)})")
         try:

@@ -7,7 +7,12 @@ prefetches) the window stretches to `busy_window_s`, so a burst of requests that
 and prepares one after the other still leaves as one request.
 
 Completion requests from several documents, several candidates and the next-line prefetch all
-pass through here. A prompt cancelled before its batch is sent never reaches the model; a batch
+pass through here. A batch holds the prompts of one document when the backend sends session
+keys (`backend.sessionHeader`, the default): the request carries that document's key, and a
+router in front of several replicas sends it to the replica holding the document's prefix cache.
+Prompts of different documents then go as separate requests, which vLLM batches itself
+(continuous batching); in an editor, the prompts that meet within a window are nearly always of
+the one document being typed in. With `backend.sessionHeader = ""` documents share batches. A prompt cancelled before its batch is sent never reaches the model; a batch
 whose prompts were all cancelled in flight is aborted (its HTTP request is closed, and vLLM
 frees the sequences).
 """
@@ -35,6 +40,7 @@ class _Batch:
     model: str
     sampling: Sampling
     timeout_s: float | None
+    document: str | None = None  # the document of every prompt (when batches are per document)
     entries: list[_Entry] = field(default_factory=list)
     task: asyncio.Task | None = None
     timer: asyncio.TimerHandle | None = None
@@ -77,15 +83,15 @@ class Batcher:
 
     async def complete(
         self, model: str, prompt: str, sampling: Sampling, timeout_s: float | None = None,
-        affinity: str | None = None,
+        document: str | None = None,
     ) -> list[Choice]:
-        """The `sampling.n` choices for one prompt, sent together with its neighbours.
-
-        `affinity` (the document asking) matters only to an endpoint pool
-        (phi_lsp/endpoints.py); one backend has nowhere else to send it."""
+        """The `sampling.n` choices for one prompt (of `document`, a URI), sent together with
+        its neighbours."""
         loop = asyncio.get_running_loop()
         entry = _Entry(prompt, loop.create_future())
-        key = (model, sampling, timeout_s)
+        if not getattr(self.backend, "session_header", ""):
+            document = None  # no session keys: documents may share a request
+        key = (model, sampling, timeout_s, document)
         now = loop.time()
         # Prompts of one caller (a request's candidates) arrive in the same instant: that is
         # not a burst of separate requests.
@@ -93,7 +99,7 @@ class Batcher:
         self._last_arrival = now
         batch = self._open.get(key)
         if batch is None:
-            batch = self._open[key] = _Batch(model, sampling, timeout_s)
+            batch = self._open[key] = _Batch(model, sampling, timeout_s, document)
             window = self.busy_window_s if busy else self.window_s
             batch.timer = loop.call_later(window, self._send, key)
         batch.entries.append(entry)
@@ -134,7 +140,7 @@ class Batcher:
         prompts = [e.prompt for e in batch.entries]
         try:
             results = await self.backend.complete(
-                batch.model, prompts, batch.sampling, batch.timeout_s
+                batch.model, prompts, batch.sampling, batch.timeout_s, document=batch.document
             )
         except asyncio.CancelledError:
             for entry in batch.entries:

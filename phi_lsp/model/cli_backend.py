@@ -1,6 +1,7 @@
-"""A backend for command-line runs (review, complete, demo, doctor): the configured URL (or the
-configured endpoints, as a pool), a running `phi-lsp serve-model` for the same model, or a
-managed vLLM started for this run and stopped at its end."""
+"""A backend for command-line runs (review, complete, demo, doctor): the configured URL (and the
+configured endpoints: which URL serves which model), a running `phi-lsp serve-model` for the
+same model, or a managed vLLM started for this run and stopped at its end. Requests carry the
+session key of their file, keyed by the current directory as the workspace."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from phi_lsp.model.backend import Backend
 from phi_lsp.model.chat_formats import ChatFormats
 from phi_lsp.core.settings import SettingsManager
 from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
+from phi_lsp.model.session import SessionKeys
 
 
 SERVE_MODEL_FILE = "serve-model.json"
@@ -33,7 +35,7 @@ class CliBackend:
     review_model: str
     model_source: str  # path or hub id (for the tokenizer)
     note: str = ""
-    pool: Any = None  # the EndpointPool when backend.endpoints is set (backend then routes)
+    endpoints: Any = None  # the Endpoints when backend.endpoints is set (backend then dispatches by model)
 
 
 _CHAT_FORMATS = ChatFormats(tell=lambda message: print(message, file=sys.stderr))
@@ -104,21 +106,25 @@ async def cli_backend(manager: SettingsManager) -> AsyncIterator[CliBackend]:
     settings = manager.settings
     b = settings.backend
     timeouts = dict(connect_timeout_s=b.connect_timeout_ms / 1000, request_timeout_s=b.request_timeout_ms / 1000)
+    sessions = dict(session_header=b.session_header, sessions=SessionKeys([Path.cwd()]))
     if b.endpoints:
-        from phi_lsp.model.endpoints import EndpointPool, EndpointSpec
+        from phi_lsp.model.endpoints import Endpoints, EndpointSpec
 
         specs = [EndpointSpec.parse(b.url, (), b.api_key)] if b.url else []
         specs += [EndpointSpec.parse(e.url, e.models, e.api_key) for e in b.endpoints]
-        pool = EndpointPool.create(specs, kind=b.kind, **timeouts)
+        endpoints = Endpoints.create(specs, kind=b.kind, **timeouts, **sessions)
+        for model, urls in endpoints.duplicates().items():
+            print(f"phi-lsp: backend.endpoints lists {model!r} at {len(urls)} URLs; only {urls[0]} is used "
+                  "(put vllm-router in front of replicas: docs/DEPLOY.md)", file=sys.stderr)
         completion_model = settings.completion.model
         try:
-            yield CliBackend(pool.backend(), completion_model, settings.review.model,
-                             pool.served_name(completion_model), pool=pool)
+            yield CliBackend(endpoints.backend(), completion_model, settings.review.model,
+                             endpoints.served_name(completion_model), endpoints=endpoints)
         finally:
-            await pool.aclose()
+            await endpoints.aclose()
         return
     if b.url:
-        backend = Backend(b.url, b.kind, b.api_key, **timeouts)
+        backend = Backend(b.url, b.kind, b.api_key, **timeouts, **sessions)
         try:
             yield CliBackend(backend, settings.completion.model, settings.review.model, settings.completion.model)
         finally:
@@ -132,7 +138,7 @@ async def cli_backend(manager: SettingsManager) -> AsyncIterator[CliBackend]:
         url = await managed.start(_progress)
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
-    backend = Backend(url, "vllm", None, **timeouts)
+    backend = Backend(url, "vllm", None, **timeouts, **sessions)
     try:
         yield CliBackend(backend, choice.served_name, choice.served_name, choice.source, choice.note)
     finally:

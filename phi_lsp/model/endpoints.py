@@ -1,42 +1,32 @@
-"""Several model servers behind one interface: which endpoint takes a request.
+"""Which URL serves which model: the one thing about a fleet that a router cannot know.
 
-An endpoint is a Backend (with its own Health and probe loop) and its own Batcher. Each
-serves some models: a `backend.endpoints` entry serves the models it lists; `backend.url`
-(which lists none) serves every model that no entry lists. A listed model may carry an alias, `"NAME=SERVED"`: phi-lsp asks
-for NAME (in `completion.model`, `review.escalationModel`, ...) and the request to that endpoint
-says SERVED. That lets two servers serving the same weights under the same name stand for two
-tiers, and a team give its deployment names of its own.
+An endpoint is a Backend (with its own Health and probe loop) and its own Batcher. Each serves
+some models: a `backend.endpoints` entry serves the models it lists; `backend.url` (which lists
+none) serves every model that no entry lists. So the small model can be served here and the
+escalation model there. A listed model may carry an alias, `"NAME=SERVED"`: phi-lsp asks for
+NAME (in `completion.model`, `review.escalationModel`, ...) and the request to that endpoint
+says SERVED. That lets one server stand for two tiers, and a team give its deployments names of
+its own.
 
-Picking (`EndpointPool.pick`): among the healthy endpoints serving the model, a document keeps
-the endpoint it was given first (affinity: vLLM's prefix cache there already holds its
-context) unless that endpoint is much busier than the least-loaded one (more than twice its
-outstanding prompts and AFFINITY_SLACK more); a new document goes to the least-loaded endpoint
-(ties broken by a hash of the document, so documents spread). Load is the number of prompts
-sent to the endpoint and not yet answered.
-
-Failover: a request that fails with an outage error (refused, reset, timeout, 5xx, 429) is
-retried once on another healthy endpoint serving the model. The failed endpoint's Health has
-already marked it down; it takes no requests until its probe sees it answer again.
+One model, one URL. Replicas of a model belong behind vLLM's router (`vllm-router`,
+docs/DEPLOY.md), which sees the whole fleet's load and health: balancing, failover and circuit
+breaking are its job. phi-lsp helps it with a session key per document on every request
+(phi_lsp/model/session.py) and retries a request that met a dying replica once (backend.py).
+When several entries list the same model, the first is used and the others are reported
+(`duplicates`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
-from phi_lsp.model.backend import Backend, BackendError, BackendUnreachable, Choice, Health, Sampling
+from phi_lsp.model.backend import Backend, BackendUnreachable, Choice, Health, Sampling
 from phi_lsp.model.batching import Batcher
+from phi_lsp.model.session import DEFAULT_HEADER, SessionKeys
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-AFFINITY, LEAST_LOADED, ROUND_ROBIN = "affinity", "least-loaded", "round-robin"
-AFFINITY_SLACK = 4
-MAX_AFFINITY_KEYS = 4_096
 
 
 @dataclass(frozen=True)
@@ -65,17 +55,17 @@ class EndpointSpec:
         """The name phi-lsp uses for what this endpoint reports as `served`."""
         return next((name for name, s in self.models if s == served), served)
 
+    def listed(self) -> list[str]:
+        return [n if n == s else f"{n}={s}" for n, s in self.models]
 
-class Member:
-    """One endpoint of the pool."""
+
+class Endpoint:
+    """One URL: its client (with its health) and its batch window."""
 
     def __init__(self, spec: EndpointSpec, backend: Backend, batcher: Batcher):
         self.spec = spec
         self.backend = backend
         self.batcher = batcher
-        self.outstanding = 0  # prompts sent here and not answered yet
-        self.requests = 0  # calls routed here
-        self.failed_over = 0  # calls that failed here and were retried elsewhere
 
     @property
     def url(self) -> str:
@@ -86,23 +76,14 @@ class Member:
         return self.backend.health.accepting
 
     def __repr__(self) -> str:
-        return f"Member({self.url!r}, outstanding={self.outstanding})"
+        return f"Endpoint({self.url!r})"
 
 
-def _hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
-
-
-class EndpointPool:
-    def __init__(self, members: list[Member], policy: str = AFFINITY):
+class Endpoints:
+    def __init__(self, members: list[Endpoint]):
         if not members:
-            raise ValueError("an endpoint pool needs at least one endpoint")
+            raise ValueError("at least one endpoint is needed")
         self.members = members
-        self.policy = policy
-        self._affinity: OrderedDict[tuple[str, str], Member] = OrderedDict()
-        self._turn = 0
-        self.retries = 0  # calls retried on another endpoint after an outage error
-        self.moved = 0  # documents moved off their endpoint (down or much busier)
 
     @classmethod
     def create(
@@ -112,9 +93,11 @@ class EndpointPool:
         connect_timeout_s: float = 2.0,
         request_timeout_s: float = 60.0,
         health_for: Callable[[int, EndpointSpec], Health] | None = None,
-        policy: str = AFFINITY,
+        session_header: str = DEFAULT_HEADER,
+        sessions: SessionKeys | None = None,
         transport=None,
-    ) -> "EndpointPool":
+    ) -> "Endpoints":
+        sessions = sessions or SessionKeys()
         members = []
         for index, spec in enumerate(specs):
             backend = Backend(
@@ -125,121 +108,68 @@ class EndpointPool:
                 request_timeout_s=request_timeout_s,
                 health=health_for(index, spec) if health_for is not None else None,
                 transport=transport,
+                session_header=session_header,
+                sessions=sessions,
             )
-            members.append(Member(spec, backend, Batcher(backend)))
-        return cls(members, policy)
+            members.append(Endpoint(spec, backend, Batcher(backend)))
+        return cls(members)
 
     # -- what serves what ------------------------------------------------------------------
 
     @property
-    def primary(self) -> Member:
+    def primary(self) -> Endpoint:
         return self.members[0]
 
-    def serving(self, model: str) -> list[Member]:
-        """The endpoints that list `model`; if none does, those that list nothing (backend.url)."""
-        listed = [m for m in self.members if m.spec.models and m.spec.serves(model)]
-        return listed or [m for m in self.members if not m.spec.models]
+    def for_model(self, model: str) -> Endpoint | None:
+        """The endpoint serving `model`: the first entry listing it, else the one listing
+        nothing (backend.url); None if neither."""
+        listed = next((m for m in self.members if m.spec.models and m.spec.serves(model)), None)
+        return listed or next((m for m in self.members if not m.spec.models), None)
 
     def serves(self, model: str) -> bool:
-        return bool(self.serving(model))
+        return self.for_model(model) is not None
 
     def available(self, model: str) -> bool:
-        """Some endpoint serving `model` can take a request now."""
-        return any(m.available for m in self.serving(model))
+        """The endpoint serving `model` can take a request now."""
+        endpoint = self.for_model(model)
+        return endpoint is not None and endpoint.available
 
     def served_name(self, model: str) -> str:
-        """The name the endpoints serving `model` know it by (for tokenizers and templates)."""
-        serving = self.serving(model)
-        return serving[0].spec.served_name(model) if serving else model
+        """The name the endpoint serving `model` knows it by (for tokenizers and templates)."""
+        endpoint = self.for_model(model)
+        return endpoint.spec.served_name(model) if endpoint is not None else model
+
+    def duplicates(self) -> dict[str, list[str]]:
+        """Models listed by more than one entry -> their URLs (the first is the one used)."""
+        urls: dict[str, list[str]] = {}
+        for member in self.members:
+            for name, _ in member.spec.models:
+                urls.setdefault(name, []).append(member.url)
+        return {name: found for name, found in urls.items() if len(found) > 1}
 
     @property
     def in_flight(self) -> int:
         return sum(m.backend.stats.in_flight for m in self.members)
 
-    # -- picking ---------------------------------------------------------------------------
-
-    def pick(self, model: str, key: str | None = None, exclude: Sequence[Member] = ()) -> Member | None:
-        """The endpoint for a request for `model` from document `key` (None: none can take it)."""
-        healthy = [m for m in self.serving(model) if m.available and m not in exclude]
-        if not healthy:
-            return None
-        if len(healthy) == 1:
-            choice = healthy[0]
-        elif self.policy == ROUND_ROBIN:
-            self._turn += 1
-            choice = healthy[self._turn % len(healthy)]
-        else:
-            least = min(m.outstanding for m in healthy)
-            if key is not None and self.policy == AFFINITY:
-                mine = self._affinity.get((model, key))
-                if mine is not None:
-                    if mine in healthy and mine.outstanding <= max(2 * least, least + AFFINITY_SLACK):
-                        self._affinity.move_to_end((model, key))
-                        return mine
-                    self.moved += 1
-            tied = [m for m in healthy if m.outstanding == least]
-            if key is not None:
-                choice = tied[_hash(key) % len(tied)]
-            else:
-                self._turn += 1
-                choice = tied[self._turn % len(tied)]
-        if key is not None and self.policy == AFFINITY:
-            self._affinity[(model, key)] = choice
-            self._affinity.move_to_end((model, key))
-            while len(self._affinity) > MAX_AFFINITY_KEYS:
-                self._affinity.popitem(last=False)
-        return choice
-
-    async def call(
-        self, model: str, key: str | None, fn: Callable[[Member, str], Awaitable[T]], prompts: int = 1
-    ) -> T:
-        """fn(endpoint, served name) on the endpoint picked for (model, key); on an outage
-        error, once more on another healthy endpoint serving the model."""
-        tried: list[Member] = []
-        error: BackendError | None = None
-        for _attempt in range(2):
-            member = self.pick(model, key, exclude=tried)
-            if member is None:
-                break
-            if tried:
-                self.retries += 1
-                tried[-1].failed_over += 1
-                log.info("retrying a request for %s on %s after: %s", model, member.url, error.reason if error else "")
-            tried.append(member)
-            member.outstanding += prompts
-            member.requests += 1
-            try:
-                return await fn(member, member.spec.served_name(model))
-            except BackendError as exc:
-                if not exc.outage:
-                    raise
-                error = exc
-            finally:
-                member.outstanding -= prompts
-        if error is not None:
-            raise error
-        raise BackendUnreachable(f"no endpoint serving {model} can take requests now")
-
     # -- facades ---------------------------------------------------------------------------
 
-    def backend(self, affinity: str | None = None) -> "RoutedBackend":
-        return RoutedBackend(self, affinity)
+    def backend(self) -> "ModelBackend":
+        return ModelBackend(self)
 
-    def batcher(self) -> "RoutedBatcher":
-        return RoutedBatcher(self)
+    def batcher(self) -> "ModelBatcher":
+        return ModelBatcher(self)
 
     def stats(self) -> list[dict[str, Any]]:
         return [
             {
                 "url": m.url,
-                "models": [n if n == s else f"{n}={s}" for n, s in m.spec.models] or ["*"],
+                "models": m.spec.listed() or ["*"],
                 "state": "up" if m.available else "down",
-                "requests": m.requests,
-                "outstanding": m.outstanding,
-                "failedOver": m.failed_over,
                 "httpRequests": m.backend.stats.http_requests,
                 "prompts": m.backend.stats.prompts,
                 "failures": m.backend.stats.failures,
+                "retries": m.backend.stats.retries,
+                "retriesAnswered": m.backend.stats.retries_answered,
                 "promptTokens": m.backend.stats.prompt_tokens,
                 "completionTokens": m.backend.stats.completion_tokens,
             }
@@ -251,18 +181,23 @@ class EndpointPool:
             await m.batcher.aclose()
             await m.backend.aclose()
 
+    def require(self, model: str) -> Endpoint:
+        endpoint = self.for_model(model)
+        if endpoint is None:
+            raise BackendUnreachable(f"no endpoint serves {model} (backend.endpoints)")
+        return endpoint
 
-class RoutedBackend:
-    """What the features see of a Backend (complete, chat, capabilities), routed per call
-    through the pool; `affinity` is the document the calls are for."""
 
-    def __init__(self, pool: EndpointPool, affinity: str | None = None):
-        self.pool = pool
-        self.affinity = affinity
+class ModelBackend:
+    """What the features see of a Backend (complete, chat, capabilities): each call goes to the
+    endpoint serving its model, under the name that endpoint serves it by."""
+
+    def __init__(self, endpoints: Endpoints):
+        self.endpoints = endpoints
 
     @property
     def _first(self) -> Backend:
-        return self.pool.primary.backend
+        return self.endpoints.primary.backend
 
     @property
     def url(self) -> str:
@@ -281,6 +216,10 @@ class RoutedBackend:
         return self._first.stats
 
     @property
+    def session_header(self) -> str:
+        return self._first.session_header
+
+    @property
     def supports_batching(self) -> bool:
         return self._first.supports_batching
 
@@ -293,41 +232,37 @@ class RoutedBackend:
         return self._first.supports_constraints
 
     def completion_body(self, model: str, prompts: Sequence[str], sampling: Sampling) -> dict[str, Any]:
-        return self._first.completion_body(self.pool.served_name(model), prompts, sampling)
+        return self._first.completion_body(self.endpoints.served_name(model), prompts, sampling)
 
     async def complete(
         self, model: str, prompts: Sequence[str], sampling: Sampling, timeout_s: float | None = None,
-        affinity: str | None = None,
+        document: str | None = None,
     ) -> list[list[Choice]]:
         if not prompts:
             return []
-        return await self.pool.call(
-            model, affinity or self.affinity,
-            lambda m, served: m.backend.complete(served, prompts, sampling, timeout_s), len(prompts),
-        )
+        endpoint = self.endpoints.require(model)
+        return await endpoint.backend.complete(endpoint.spec.served_name(model), prompts, sampling, timeout_s, document)
 
     async def chat(
         self, model: str, messages: list[dict[str, str]], sampling: Sampling, timeout_s: float | None = None,
-        affinity: str | None = None,
+        document: str | None = None,
     ) -> list[Choice]:
-        return await self.pool.call(
-            model, affinity or self.affinity, lambda m, served: m.backend.chat(served, messages, sampling, timeout_s)
-        )
+        endpoint = self.endpoints.require(model)
+        return await endpoint.backend.chat(endpoint.spec.served_name(model), messages, sampling, timeout_s, document)
 
 
-class RoutedBatcher:
-    """The batch window per endpoint: prompts for one endpoint share its requests."""
+class ModelBatcher:
+    """The batch window of the endpoint serving each prompt's model."""
 
-    def __init__(self, pool: EndpointPool):
-        self.pool = pool
+    def __init__(self, endpoints: Endpoints):
+        self.endpoints = endpoints
 
     @property
     def idle(self) -> bool:
-        return all(m.batcher.idle for m in self.pool.members)
+        return all(m.batcher.idle for m in self.endpoints.members)
 
     async def complete(
-        self, model: str, prompt: str, sampling: Sampling, timeout_s: float | None = None, affinity: str | None = None
+        self, model: str, prompt: str, sampling: Sampling, timeout_s: float | None = None, document: str | None = None
     ) -> list[Choice]:
-        return await self.pool.call(
-            model, affinity, lambda m, served: m.batcher.complete(served, prompt, sampling, timeout_s)
-        )
+        endpoint = self.endpoints.require(model)
+        return await endpoint.batcher.complete(endpoint.spec.served_name(model), prompt, sampling, timeout_s, document)

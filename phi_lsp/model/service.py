@@ -5,13 +5,15 @@ The completion and review features ask it for a backend and a model name; they n
 it. While the model is starting or down, `routed()` says so at once (None) and the features
 answer with nothing instead of making the editor wait.
 
-Behind the backend is an endpoint pool (phi_lsp/endpoints.py): one endpoint for `backend.url`
-or the managed vLLM (then everything is as with a single Backend), or several with
-`backend.endpoints`; `routed(task)` gives the features a backend that picks a healthy endpoint
-serving the model per call. With several endpoints the service is "unreachable" only when no
-endpoint serving the completion or review model answers; one endpoint going down is said once
-and its requests go to the others. The router (phi_lsp/routing.py) counts escalations and the
-per-model token budget, fed from every endpoint's `usage` figures.
+Behind the backend are the endpoints (phi_lsp/model/endpoints.py): one for `backend.url` or the
+managed vLLM (then everything is as with a single Backend), or one per URL of
+`backend.endpoints` (the small model here, the escalation model there); `routed(task)` gives the
+features a backend that sends each call to the endpoint serving its model. Replicas of one
+model sit behind vLLM's router, which balances and fails over; every request carries the
+session key of its document (`sessions`, keyed by the editor's workspace folders). The service
+is "unreachable" only when the endpoint serving the completion or review model does not answer;
+another endpoint going down is said once. The escalation router (phi_lsp/model/escalation.py)
+counts escalations and the per-model token budget, fed from every endpoint's `usage` figures.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from phi_lsp.model.backend import Backend, BackendError, Health
 from phi_lsp.model.chat_formats import ChatFormats
 from phi_lsp.model.batching import Batcher
 from phi_lsp.core.settings import Settings
-from phi_lsp.model.endpoints import EndpointPool, EndpointSpec, RoutedBackend, RoutedBatcher
+from phi_lsp.model.endpoints import Endpoints, EndpointSpec, ModelBackend, ModelBatcher
 from phi_lsp.model.managed_vllm import ManagedVllm, ManagedVllmError, ModelChoice
 from phi_lsp.model.escalation import Router
+from phi_lsp.model.session import SessionKeys
 from phi_lsp.core.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,8 @@ class ModelService:
         self.model_configured = False
         self.backend: Backend | None = None  # the first endpoint's (the only one, usually)
         self.batcher: Batcher | None = None
-        self.pool: EndpointPool | None = None
+        self.endpoints: Endpoints | None = None
+        self.sessions = SessionKeys()  # the editor's workspace folders key the documents
         self.router = Router(tell_user=inform_user)
         # Each model's chat format, found once; a fallback to the built-in shape is said once.
         self.chat_formats = ChatFormats(tell=inform_user)
@@ -90,7 +94,7 @@ class ModelService:
         self.model_configured = model_configured
         self.router.configure(settings.routing.max_tokens_per_minute)
         b = settings.backend
-        key = (b.url, b.kind, b.api_key, b.connect_timeout_ms, b.request_timeout_ms)
+        key = (b.url, b.kind, b.api_key, b.connect_timeout_ms, b.request_timeout_ms, b.session_header)
         if b.endpoints:
             key += (b.endpoints,)
         if b.url is None and not b.endpoints:
@@ -123,27 +127,34 @@ class ModelService:
                 on_up=lambda: self._endpoint_up(index),
             )
 
-        self.pool = EndpointPool.create(
+        self.endpoints = Endpoints.create(
             specs,
             kind=b.kind,
             connect_timeout_s=b.connect_timeout_ms / 1000,
             request_timeout_s=b.request_timeout_ms / 1000,
             health_for=health_for,
+            session_header=b.session_header,
+            sessions=self.sessions,
         )
-        for member in self.pool.members:
+        for model, urls in self.endpoints.duplicates().items():
+            self._warn_user(
+                f"phi-lsp: backend.endpoints lists {model!r} at {len(urls)} URLs; only the first, {urls[0]}, "
+                "is used. Put vllm-router in front of the replicas and list its URL once (docs/DEPLOY.md)."
+            )
+        for member in self.endpoints.members:
             member.backend.on_activity = self._on_activity
             member.backend.on_usage = (
                 lambda served, prompt, completion, spec=member.spec:
                 self.router.note_usage(spec.name_for(served), prompt, completion)
             )
-        self.backend = self.pool.primary.backend
-        self.batcher = self.pool.primary.batcher
+        self.backend = self.endpoints.primary.backend
+        self.batcher = self.endpoints.primary.batcher
         if single:
             self._set_status(READY, f"Using {specs[0].url}")
             self._check_task = asyncio.get_running_loop().create_task(self._check(self.backend))
         else:
             self._set_status(READY, f"Using {len(specs)} endpoints: " + ", ".join(s.url for s in specs))
-            self._check_task = asyncio.get_running_loop().create_task(self._check_endpoints(self.pool))
+            self._check_task = asyncio.get_running_loop().create_task(self._check_endpoints(self.endpoints))
 
     async def _check(self, backend: Backend) -> None:
         """Ask the new backend what it serves: an unreachable server or a model it does not
@@ -163,10 +174,10 @@ class ModelService:
                     f"Set {task}.model to one of those."
                 )
 
-    async def _check_endpoints(self, pool: EndpointPool) -> None:
+    async def _check_endpoints(self, endpoints: Endpoints) -> None:
         """Ask every endpoint what it serves; say once which one lacks a model it is listed
         for (an endpoint that is down says so itself, once)."""
-        for member in pool.members:
+        for member in endpoints.members:
             try:
                 served = await member.backend.list_models()
             except BackendError:
@@ -175,7 +186,7 @@ class ModelService:
                 log.exception("checking the endpoint %s failed", member.url)
                 continue
             wanted = [s for _, s in member.spec.models] or [
-                m for m in (self.model_for("completion"), self.model_for("review")) if member in pool.serving(m)
+                m for m in (self.model_for("completion"), self.model_for("review")) if endpoints.for_model(m) is member
             ]
             missing = [m for m in dict.fromkeys(wanted) if served and m not in served]
             if missing:
@@ -190,8 +201,8 @@ class ModelService:
                 task.cancel()
         self._start_task = self._check_task = None
         closing = []
-        if self.pool is not None:
-            closing.append(self.pool.aclose())
+        if self.endpoints is not None:
+            closing.append(self.endpoints.aclose())
         else:
             if self.batcher is not None:
                 closing.append(self.batcher.aclose())
@@ -199,7 +210,7 @@ class ModelService:
                 closing.append(self.backend.aclose())
         if self.managed is not None:
             closing.append(self.managed.stop())
-        self.backend = self.batcher = self.managed = self.pool = None
+        self.backend = self.batcher = self.managed = self.endpoints = None
         if closing:
             task = asyncio.get_running_loop().create_task(_gather_quietly(closing))
             self._closing.append(task)
@@ -271,30 +282,34 @@ class ModelService:
     def token_counter(self, task: str) -> TokenCounter:
         return TokenCounter.for_model(self.model_source(task))
 
-    def routed(self, task: str, model: str | None = None) -> RoutedBackend | None:
-        """A backend for `task`'s model (or `model`) that sends each call to a healthy endpoint
-        serving it; None while none can take a request (starting, down)."""
-        pool = self.pool
-        model = model or self.model_for(task)
-        if pool is None or not pool.available(model):
-            return None
-        return pool.backend()
+    def set_workspace_roots(self, roots) -> None:
+        """The editor's workspace folders: part of every document's session key."""
+        self.sessions.set_roots(roots)
 
-    def routed_batcher(self) -> RoutedBatcher | None:
-        return self.pool.batcher() if self.pool is not None else None
+    def routed(self, task: str, model: str | None = None) -> ModelBackend | None:
+        """A backend for `task`'s model (or `model`) that sends each call to the endpoint
+        serving it; None while that one cannot take a request (starting, down)."""
+        endpoints = self.endpoints
+        model = model or self.model_for(task)
+        if endpoints is None or not endpoints.available(model):
+            return None
+        return endpoints.backend()
+
+    def routed_batcher(self) -> ModelBatcher | None:
+        return self.endpoints.batcher() if self.endpoints is not None else None
 
     def escalation_model(self, task: str) -> str | None:
         """`<task>.escalationModel` when some endpoint serves it (never with the managed vLLM,
         which serves one model)."""
         name = getattr(self.settings, task).escalation_model
-        if not name or self.pool is None or not self.pool.serves(name):
+        if not name or self.endpoints is None or not self.endpoints.serves(name):
             return None
         if name == self.model_for(task):
-            return None  # the same model on the same endpoints: nothing to escalate to
+            return None  # the same model on the same endpoint: nothing to escalate to
         return name
 
     def served_name(self, model: str) -> str:
-        return self.pool.served_name(model) if self.pool is not None else model
+        return self.endpoints.served_name(model) if self.endpoints is not None else model
 
     def token_counter_for(self, model: str) -> TokenCounter:
         if model == self.model_for("completion"):
@@ -321,31 +336,31 @@ class ModelService:
         log.info("backend recovered")
 
     def _endpoint_down(self, index: int, reason: str) -> None:
-        pool = self.pool
-        if pool is None or index >= len(pool.members):
+        endpoints = self.endpoints
+        if endpoints is None or index >= len(endpoints.members):
             return
-        url = pool.members[index].url
+        url = endpoints.members[index].url
         log.warning("endpoint %s is down: %s", url, reason)
-        if not any(pool.available(self.model_for(task)) for task in ("completion", "review")):
+        if not any(endpoints.available(self.model_for(task)) for task in ("completion", "review")):
             if self.status.state != UNREACHABLE:
                 self._on_down(reason)
             return
         self._inform_user(
-            f"phi-lsp: the endpoint {url} is unavailable ({reason}); requests go to the other "
-            "endpoints until it answers again."
+            f"phi-lsp: the endpoint {url} is unavailable ({reason}); requests for the models it "
+            "serves pause until it answers again."
         )
 
     def _endpoint_up(self, index: int) -> None:
-        pool = self.pool
-        if pool is None or index >= len(pool.members):
+        endpoints = self.endpoints
+        if endpoints is None or index >= len(endpoints.members):
             return
-        log.info("endpoint %s answers again", pool.members[index].url)
+        log.info("endpoint %s answers again", endpoints.members[index].url)
         if self.status.state == UNREACHABLE:
             self._on_up()
 
     def _on_activity(self, in_flight: int) -> None:
-        if self.pool is not None and len(self.pool.members) > 1:
-            in_flight = self.pool.in_flight
+        if self.endpoints is not None and len(self.endpoints.members) > 1:
+            in_flight = self.endpoints.in_flight
         if self.status.state in (READY, BUSY):
             state = BUSY if in_flight else READY
             if state != self.status.state:

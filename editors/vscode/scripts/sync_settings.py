@@ -55,6 +55,10 @@ def schema_for(field: dataclasses.Field) -> dict:
         if kind == "url":
             schema["pattern"] = "^https?://"
             schema["patternErrorMessage"] = "An http:// or https:// URL such as http://localhost:8000/v1"
+    elif kind == "header":
+        schema["type"] = "string"
+        schema["pattern"] = "^" + config.HEADER_NAME + "$"
+        schema["patternErrorMessage"] = "An HTTP header name such as X-Session-ID, or empty for none"
     elif kind == "choice":
         schema["type"] = "string"
         schema["enum"] = list(meta["choices"])

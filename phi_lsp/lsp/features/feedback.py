@@ -88,10 +88,8 @@ class FeedbackFeature(Feature):
     def stats(self) -> dict:
         service = self.server.service
         figures: dict = {"routing": service.router.as_json()}
-        if service.pool is not None and len(service.pool.members) > 1:
-            figures["endpoints"] = {
-                "members": service.pool.stats(), "retries": service.pool.retries, "moved": service.pool.moved,
-            }
+        if service.endpoints is not None and len(service.endpoints.members) > 1:
+            figures["endpoints"] = {"members": service.endpoints.stats()}
         if self.store.enabled:
             try:
                 figures["feedback"] = self.store.summary()
