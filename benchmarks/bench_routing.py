@@ -1,53 +1,54 @@
-"""Routing and endpoints benchmark against real vLLM servers serving phi-code-tiny.
+"""Routing benchmark: escalation to a larger model, and a fleet of vLLM replicas behind
+vLLM's router (`vllm-router`), against real vLLM servers serving phi-code-tiny.
 
-    .venv/bin/python benchmarks/bench_routing.py --backend-url http://127.0.0.1:8765/v1
-    .venv/bin/python benchmarks/bench_routing.py            # starts the first vLLM as well
-
-A second vLLM (phi-code-tiny on a free port, started here and stopped at the end) stands in for
-the large model in part 1 and for a second replica in parts 2 and 3. Both serve the same tiny
-model, so part 1 measures the routing (how many units escalate, why, what it costs in requests,
-tokens and time), not the quality a larger model would add.
+    .venv/bin/python benchmarks/bench_routing.py --part fleet        # starts two vLLMs (~6 GB, minutes)
+    .venv/bin/python benchmarks/bench_routing.py --part fleet --fake-workers   # the plumbing only
+    .venv/bin/python benchmarks/bench_routing.py --part review --backend-url http://127.0.0.1:8765/v1
 
 Prints:
-1. Routing on a review workload (standard-library code): the share of units escalated, by
-   reason, and the total time and large-model tokens against "everything on the large model"
-   and "everything on the small model". Each strategy reviews the same units under a path of
-   its own, so no strategy is served from another's prefix cache (the shared few-shot frame
-   aside).
-2. 16 documents completing concurrently (each a sequence of requests as its user types
-   through a file) through one replica and through two: throughput and its ratio (goal
-   >= 1.6x), and the prefix-cache hit rate from each vLLM's /metrics
-   (`vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total`) with document affinity
-   and with round-robin.
-3. The same workload through two replicas, the second killed (SIGKILL) a third of the way in:
-   requests sent, answered and lost (goal: none lost).
+1. (`--part review`) Escalation on a review workload (standard-library code): the share of units
+   escalated, by reason, and the total time and large-model tokens against "everything on the
+   large model" and "everything on the small model". A second vLLM (phi-code-tiny again, started
+   here) stands in for the large model, listed in backend.endpoints under an alias: what is
+   measured is the routing, not the quality a larger model would add.
+2. (`--part fleet`) Two vLLM replicas (started here, on loopback) behind vllm-router, and several
+   editors (a phi-lsp server each, driven over LSP) typing through their documents concurrently,
+   asking for a completion after every chunk: time, answers, and the prefix-cache hit rate from
+   the replicas' own /metrics (`vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total`)
+   with the router's `consistent_hash` policy (keyed by phi-lsp's X-Session-ID), `cache_aware`
+   and `round_robin`. The router runs with the fast-failover flags of docs/DEPLOY.md.
+3. The same with `consistent_hash`, one replica SIGKILLed a third of the way in: requests sent,
+   answered, errors and warnings the editors saw, phi-lsp's retries (goal: none lost).
 
 Exit status 0 when no request was lost in part 3 and every strategy of part 1 reviewed every
-unit; the ratios are figures to read.
+unit; the rates are figures to read.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import AsyncIterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import httpx  # noqa: E402
-from common import MODEL, add_backend_flag, model_dir, python_sources, vllm  # noqa: E402
+from common import MODEL, Editor, add_backend_flag, close, model_dir, python_sources, quiet_client_logs, vllm  # noqa: E402
+from lsprotocol import types  # noqa: E402
 
-from phi_lsp.model.backend import BackendError, Sampling  # noqa: E402
 from phi_lsp.core.settings import ReviewSettings, RoutingSettings  # noqa: E402
-from phi_lsp.model.endpoints import AFFINITY, ROUND_ROBIN, EndpointPool, EndpointSpec  # noqa: E402
+from phi_lsp.model.endpoints import Endpoints, EndpointSpec  # noqa: E402
 from phi_lsp.model.escalation import Router  # noqa: E402
 from phi_lsp.review.files import load_job  # noqa: E402
 from phi_lsp.review.pipeline import Escalation, FileJob, Reviewer, ReviewOptions  # noqa: E402
@@ -56,8 +57,8 @@ from phi_lsp.review.units import extract_units  # noqa: E402
 LARGE = "phi-large"
 
 
-def pool_of(specs: list[EndpointSpec], router: Router | None = None, policy: str = AFFINITY) -> EndpointPool:
-    pool = EndpointPool.create(specs, request_timeout_s=600, policy=policy)
+def pool_of(specs: list[EndpointSpec], router: Router | None = None) -> Endpoints:
+    pool = Endpoints.create(specs, request_timeout_s=600)
     if router is not None:
         for member in pool.members:
             member.backend.on_usage = (
@@ -156,152 +157,266 @@ async def part_routing(small_url: str, large_url: str, units: int, min_confidenc
     return ok
 
 
-# -- 2. / 3. many documents over replicas --------------------------------------------------------
+# -- 2. / 3. several editors on a fleet: vllm-router in front of two replicas --------------------
 
 
 def documents(count: int, steps: int, chars: int = 4_000) -> list[tuple[str, list[str]]]:
-    """(name, the text before the cursor at each step) for `count` files: a user typing down
-    the file, asking at each step."""
+    """(name, the chunks a user types, one per request) for `count` files: the first chunk is
+    the file's first 45%, the others take it down to `chars` characters at line ends."""
     docs = []
     for path in python_sources()[40:]:
         text = path.read_text(encoding="utf-8", errors="replace")
         if len(text) < chars:
             continue
         text = text[:chars]
-        cuts = []
+        cuts = [0]
         for step in range(steps):
             at = int(chars * (0.45 + 0.55 * step / max(1, steps - 1)))
             at = text.rfind("\n", 0, at) + 1 or at
-            cuts.append(text[:at])
-        docs.append((path.name, cuts))
+            cuts.append(max(at, cuts[-1]))
+        docs.append((path.stem, [text[a:b] for a, b in zip(cuts, cuts[1:])]))
         if len(docs) == count:
             break
     return docs
 
 
-async def cache_counters(url: str) -> tuple[float, float]:
-    base = url.rsplit("/v1", 1)[0]
-    async with httpx.AsyncClient(timeout=10) as client:
-        text = (await client.get(base + "/metrics")).text
-    def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M))
-    return total("vllm:prefix_cache_hits_total"), total("vllm:prefix_cache_queries_total")
+async def metric_totals(root: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Sums of Prometheus counters (over their labels) from `root`/metrics; {} if it is gone."""
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            text = (await client.get(root + "/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    return {
+        name: sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.M))
+        for name in names
+    }
 
 
-async def run_documents(pool: EndpointPool, docs, tag: str, on_answer=None) -> dict:
-    batcher = pool.batcher()
-    sampling = Sampling(max_tokens=16)
-    sent = answered = 0
-    lost: list[str] = []
+CACHE = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "vllm:request_success_total")
 
-    async def one(name: str, cuts: list[str]) -> None:
-        nonlocal sent, answered
-        uri = f"file:///{tag}/{name}"
-        for cut in cuts:
-            sent += 1
-            try:
-                await batcher.complete(MODEL, f"# file: {tag}/{name}\n{cut}", sampling, 300, affinity=uri)
-                answered += 1
-                if on_answer is not None:
-                    on_answer(answered)
-            except BackendError as exc:
-                lost.append(f"{name}: {exc.reason}")
+
+@contextlib.asynccontextmanager
+async def fleet_editor(url: str, root: Path) -> AsyncIterator[tuple[Editor, list[str]]]:
+    """A phi-lsp session as an editor has it, with the warnings it shows the user."""
+    from pygls.lsp.client import LanguageClient
+
+    client = LanguageClient("bench", "1")
+    shown: list[str] = []
+
+    @client.feature(types.WINDOW_SHOW_MESSAGE)
+    def show(ls, params: types.ShowMessageParams) -> None:
+        if params.type in (types.MessageType.Error, types.MessageType.Warning):
+            shown.append(params.message)
+
+    await client.start_io(sys.executable, "-m", "phi_lsp")
+    settings = {
+        "backend": {"url": url, "requestTimeoutMs": 120_000},
+        "completion": {"model": MODEL, "promptMode": "raw", "minConfidence": 0.0, "debounceMs": 0,
+                       "maxTokens": 16, "timeoutMs": 120_000},
+        "review": {"model": MODEL, "onSave": False},
+    }
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), root_uri=root.as_uri(),
+        workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)],
+        process_id=os.getpid(), initialization_options=settings))
+    client.initialized(types.InitializedParams())
+    try:
+        yield Editor(client, root), shown
+    finally:
+        await close(client)
+
+
+async def drive_editors(url: str, editors: int, docs, tag: str, on_answer=None) -> dict:
+    """`editors` phi-lsp servers, each typing through its share of `docs` concurrently and
+    asking for a completion after every chunk."""
+    counts = {"sent": 0, "answered": 0, "empty": 0, "errors": 0}
+    shown_all: list[str] = []
+    backend_figures: list[dict] = []
+    base = Path(tempfile.mkdtemp(prefix=f"bench-routing-{tag}-"))
+
+    async def one_editor(number: int) -> None:
+        mine = docs[number::editors]
+        async with fleet_editor(url, base / f"editor{number}") as (ed, shown):
+
+            async def one_document(name: str, chunks: list[str]) -> None:
+                uri = ed.open(f"{tag}_{number}_{name}.py", chunks[0])
+                for index, chunk in enumerate(chunks):
+                    if index:
+                        ed.type(uri, chunk)
+                    counts["sent"] += 1
+                    try:
+                        items = await ed.inline(uri)
+                    except Exception:  # an LSP error answer
+                        counts["errors"] += 1
+                        continue
+                    counts["answered" if items else "empty"] += 1
+                    if on_answer is not None:
+                        on_answer(counts["answered"] + counts["empty"])
+
+            await asyncio.gather(*(one_document(name, chunks) for name, chunks in mine))
+            stats = await ed.command("phi.stats")
+            backend_figures.append(stats.get("backend") or {})
+            shown_all.extend(shown)
 
     started = time.monotonic()
-    await asyncio.gather(*(one(name, cuts) for name, cuts in docs))
-    return {"seconds": time.monotonic() - started, "sent": sent, "answered": answered, "lost": lost,
-            "retries": pool.retries, "moved": pool.moved}
+    await asyncio.gather(*(one_editor(n) for n in range(editors)))
+    counts["seconds"] = time.monotonic() - started
+    counts["shown"] = shown_all
+    for key in ("httpRequests", "failures", "retries", "retriesAnswered"):
+        counts[key] = sum(b.get(key, 0) for b in backend_figures)
+    return counts
 
 
-async def measured(urls: list[str], docs, tag: str, policy: str = AFFINITY) -> dict:
-    pool = pool_of([EndpointSpec.parse(u, [MODEL]) for u in urls], policy=policy)
-    before = [await cache_counters(u) for u in urls]
+async def policy_run(replicas: list, policy: str, editors: int, docs, tag: str, logs: Path, kill=None) -> dict:
+    from tests.router_fleet import Fleet, free_port
+
+    roots = [r.root for r in replicas]
+    metrics_port = free_port()
+    router = Fleet.start(roots, policy, logs / f"router-{tag}.log",
+                         extra=["--prometheus-port", str(metrics_port)], ready_s=120)
+    router_root = f"http://127.0.0.1:{metrics_port}"
     try:
-        result = await run_documents(pool, docs, tag)
+        before = [await metric_totals(root, CACHE) for root in roots]
+        result = await drive_editors(router.url, editors, docs, tag, kill)
+        after = [await metric_totals(root, CACHE) for root in roots]
+        routed = await metric_totals(router_root, ("vllm_router_requests_total", "vllm_router_retries_total"))
+        per_worker = re.findall(
+            r'^vllm_router_processed_requests_total\{worker="([^"]+)"\} ([0-9.e+]+)$',
+            (await _text(router_root + "/metrics")), re.M)
     finally:
-        result_requests = [m.requests for m in pool.members]
-        await pool.aclose()
-    after = [await cache_counters(u) for u in urls]
-    hits = sum(a[0] - b[0] for a, b in zip(after, before))
-    queries = sum(a[1] - b[1] for a, b in zip(after, before))
-    result.update(hit_rate=hits / queries if queries else 0.0, per_endpoint=result_requests)
+        router.stop()
+    live = [i for i, a in enumerate(after) if a]
+    hits = sum(after[i][CACHE[0]] - before[i].get(CACHE[0], 0) for i in live)
+    queries = sum(after[i][CACHE[1]] - before[i].get(CACHE[1], 0) for i in live)
+    result.update(
+        policy=policy,
+        hit_rate=hits / queries if queries else 0.0,
+        # As the router counts them (vLLM's own counter is gone with a killed replica).
+        per_replica=[int(float(dict(per_worker).get(root, 0))) for root in roots],
+        router_retries=int(routed.get("vllm_router_retries_total", 0)),
+        cache_complete=len(live) == len(roots),
+    )
     return result
 
 
-async def part_replicas(url_a: str, url_b: str, count: int, steps: int) -> None:
+async def _text(url: str) -> str:
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return (await client.get(url)).text
+    except httpx.HTTPError:
+        return ""
+
+
+class Replica:
+    """A vLLM serving phi-code-tiny (started here), or a fake worker (--fake-workers, for
+    trying the script without the minutes and gigabytes two vLLMs cost)."""
+
+    def __init__(self, root: str, stop, kill):
+        self.root, self.stop, self.kill = root, stop, kill
+
+    @classmethod
+    async def vllm(cls) -> "Replica":
+        from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
+
+        server = ManagedVllm(ModelChoice(str(model_dir()), MODEL), max_model_len=2048, start_timeout_s=1_200)
+        url = await server.start()
+
+        def kill() -> None:
+            os.killpg(server.process.pid, signal.SIGKILL)
+
+        return cls(url.rsplit("/v1", 1)[0], server.stop, kill)
+
+    @classmethod
+    async def fake(cls, name: str, logs: Path) -> "Replica":
+        from tests.router_fleet import FakeWorker
+
+        worker = await asyncio.to_thread(FakeWorker.start, name, logs / f"{name}.jsonl")
+
+        async def stop() -> None:
+            worker.kill()
+
+        return cls(worker.url, stop, worker.kill)
+
+
+async def part_fleet(replicas: list, editors: int, count: int, steps: int, logs: Path) -> bool:
     docs = documents(count, steps)
     requests = sum(len(c) for _, c in docs)
-    print(f"\n2. {len(docs)} documents completing concurrently, {steps} requests each ({requests} requests, "
-          f"prompts up to ~1,100 tokens, 16 new tokens)")
-    warm = pool_of([EndpointSpec.parse(u, [MODEL]) for u in (url_a, url_b)])
-    await run_documents(warm, docs[:4], "warm-up")  # first requests of a fresh server are slower
-    await warm.aclose()
-    one = await measured([url_a], docs, "one")
-    two = await measured([url_a, url_b], docs, "two")
-    rr = await measured([url_a, url_b], docs, "rr", ROUND_ROBIN)
-    for label, r in (("one replica", one), ("two, affinity", two), ("two, round-robin", rr)):
-        print(f"   {label:<17} {r['seconds']:>6.1f} s  {r['answered'] / r['seconds']:>5.2f} req/s  "
-              f"prefix-cache hit rate {100 * r['hit_rate']:>5.1f}%  requests per endpoint {r['per_endpoint']}"
-              + (f", documents moved to a less busy endpoint {r['moved']}" if r["moved"] else ""))
-    print(f"   throughput, two replicas / one: {one['seconds'] / two['seconds']:.2f}x (goal >= 1.6x); "
-          f"round-robin: {one['seconds'] / rr['seconds']:.2f}x")
-    print(f"   (this machine has {os.cpu_count()} CPU cores, shared by both vLLM servers: a second replica adds no "
-          "compute here, so the throughput goal needs replicas on separate hardware)")
+    print(f"\n2. {editors} editors (a phi-lsp each), {len(docs)} documents typed through concurrently, "
+          f"{steps} completions each ({requests} requests), vllm-router in front of {len(replicas)} replicas")
+    await drive_editors(
+        f"{replicas[0].root}/v1", 1, documents(2, 2, 1_500), "warm-up")  # a fresh server's first requests are slow
+    rows = []
+    for policy in ("consistent_hash", "cache_aware", "round_robin"):
+        rows.append(await policy_run(replicas, policy, editors, docs, policy.replace("_", ""), logs))
+    print(f"   {'policy':<16} {'seconds':>7} {'req/s':>6} {'answered':>9} {'prefix-cache hits':>17}  requests per replica")
+    for r in rows:
+        print(f"   {r['policy']:<16} {r['seconds']:>7.1f} {r['answered'] / r['seconds']:>6.2f} "
+              f"{r['answered']:>4}/{r['sent']:<4} {100 * r['hit_rate']:>16.1f}%  {r['per_replica']}")
 
+    print(f"\n3. consistent_hash, one replica SIGKILLed after a third of the answers")
+    killed: list[int] = []
 
-async def part_kill(url_a: str, server_b, count: int, steps: int) -> bool:
-    docs = documents(count, steps)
-    total = sum(len(c) for _, c in docs)
-    pool = pool_of([EndpointSpec.parse(url_a, [MODEL]), EndpointSpec.parse(server_b.url, [MODEL])])
-    killed_at: list[int] = []
+    def on_answer(done: int) -> None:
+        if not killed and done >= requests // 3:
+            killed.append(done)
+            replicas[1].kill()
 
-    def on_answer(answered: int) -> None:
-        if not killed_at and answered >= total // 3:
-            killed_at.append(answered)
-            os.killpg(server_b.process.pid, signal.SIGKILL)
+    r = await policy_run(replicas, "consistent_hash", editors, docs, "kill", logs, on_answer)
+    print(f"   killed after {killed[0] if killed else '?'} answers; sent {r['sent']}, answered with a suggestion "
+          f"{r['answered']}, empty {r['empty']}, LSP errors {r['errors']}; warnings shown to the user {len(r['shown'])}")
+    print(f"   phi-lsp: {r['httpRequests']} HTTP requests, {r['retries']} retried ({r['retriesAnswered']} answered on "
+          f"the retry), {r['failures']} failed; router: {r['router_retries']} retries of its own; "
+          f"requests per replica {r['per_replica']} (the second killed)")
+    for line in r["shown"][:3]:
+        print(f"   shown: {line}")
+    return r["errors"] == 0 and r["failures"] == 0 and not r["shown"] and r["answered"] + r["empty"] == r["sent"]
 
-    try:
-        result = await run_documents(pool, docs, "kill", on_answer)
-        if killed_at:
-            await server_b.process.wait()
-            if server_b._reader is not None:  # its output pipe closes with the process group
-                await asyncio.wait([server_b._reader], timeout=10)
-    finally:
-        states = [("up" if m.available else "down") for m in pool.members]
-        per = [m.requests for m in pool.members]
-        await pool.aclose()
-    print(f"\n3. Two replicas, the second killed (SIGKILL) after {killed_at[0] if killed_at else '?'} of {total} answers")
-    print(f"   sent {result['sent']}, answered {result['answered']}, lost {len(result['lost'])}; "
-          f"retried on the other replica: {result['retries']}; calls per endpoint {per}; endpoints now {states}")
-    for line in result["lost"][:5]:
-        print(f"   lost: {line}")
-    return not result["lost"] and result["answered"] == total
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backend_flag(parser)
+    parser.add_argument("--part", choices=("review", "fleet", "all"), default="all")
     parser.add_argument("--units", type=int, default=48, help="review units in part 1")
-    parser.add_argument("--documents", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=6, help="requests per document in parts 2 and 3")
+    parser.add_argument("--editors", type=int, default=4, help="phi-lsp servers in parts 2 and 3")
+    parser.add_argument("--documents", type=int, default=16, help="documents over all editors")
+    parser.add_argument("--steps", type=int, default=5, help="completions per document in parts 2 and 3")
+    parser.add_argument("--fake-workers", action="store_true",
+                        help="parts 2 and 3 against two fake workers (tests/fake_worker.py) instead of vLLMs")
     parser.add_argument("--review-min-confidence", type=float, default=RoutingSettings().review_min_confidence)
     args = parser.parse_args()
-    from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
+    quiet_client_logs()
+    ok = True
+    if args.part in ("review", "all"):
+        from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
 
-    async with vllm(args.backend_url) as url_a:
-        second = ManagedVllm(ModelChoice(str(model_dir()), MODEL), max_model_len=2048, start_timeout_s=900)
+        async with vllm(args.backend_url) as url_a:
+            second = ManagedVllm(ModelChoice(str(model_dir()), MODEL), max_model_len=2048, start_timeout_s=900)
+            print("(starting a second vLLM for phi-code-tiny ...)", file=sys.stderr, flush=True)
+            url_b = await second.start()
+            try:
+                print(f"Servers: A {url_a} (small model), B {url_b} (\"{LARGE}\"), both phi-code-tiny on the "
+                      f"CPU build of vLLM, {os.cpu_count()} cores")
+                ok &= await part_routing(url_a, url_b, args.units, args.review_min_confidence)
+            finally:
+                await second.stop()
+    if args.part in ("fleet", "all"):
+        logs = Path(tempfile.mkdtemp(prefix="bench-routing-logs-"))
         started = time.monotonic()
-        print("(starting a second vLLM for phi-code-tiny ...)", file=sys.stderr, flush=True)
-        url_b = await second.start()
-        print(f"(second vLLM ready at {url_b} in {time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+        if args.fake_workers:
+            replicas = [await Replica.fake(name, logs) for name in ("a", "b")]
+        else:
+            print("(starting two vLLM replicas of phi-code-tiny ...)", file=sys.stderr, flush=True)
+            replicas = list(await asyncio.gather(Replica.vllm(), Replica.vllm()))
+        print(f"(replicas ready in {time.monotonic() - started:.0f} s: {', '.join(r.root for r in replicas)}; "
+              f"logs in {logs})", file=sys.stderr, flush=True)
         try:
-            print(f"Servers: A {url_a} (small model / first replica), B {url_b} (\"{LARGE}\" / second replica), "
-                  f"both phi-code-tiny on the CPU build of vLLM, {os.cpu_count()} cores")
-            ok = await part_routing(url_a, url_b, args.units, args.review_min_confidence)
-            await part_replicas(url_a, url_b, args.documents, args.steps)
-            ok &= await part_kill(url_a, second, args.documents, args.steps)
+            ok &= await part_fleet(replicas, args.editors, args.documents, args.steps, logs)
         finally:
-            await second.stop()
+            await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
+        print(f"   ({os.cpu_count()} CPU cores shared by both replicas, the router and {args.editors} phi-lsp servers"
+              f"{'; fake workers: no prefix cache' if args.fake_workers else ''})")
     print("\nOK" if ok else "\nFAILED: a request was lost or a unit was not reviewed")
     return 0 if ok else 1
 
