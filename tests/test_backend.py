@@ -104,7 +104,8 @@ async def test_down_backend_fails_fast_and_reports_once():
             with pytest.raises(BackendUnreachable):
                 await backend.complete(MODEL_NAME, ["x"], GREEDY)
         assert len(downs) == 1
-        assert backend.stats.http_requests == 1  # the rest failed without touching the network
+        # The first call and its one retry; the rest failed without touching the network.
+        assert backend.stats.http_requests == 2 and backend.stats.retries == 1
     finally:
         await backend.aclose()
 

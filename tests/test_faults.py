@@ -1,7 +1,7 @@
 """Backend faults injected between phi-lsp and the real vLLM (tests/fault_proxy.py).
 
 For every fault mode, one server goes through two outages of that kind:
-- a burst of inline completions (several documents, one batched request) hits the fault: every
+- a burst of inline completions (several documents, a request each) hits the fault: every
   request is answered (an empty list or an error) within completion.timeoutMs + 1 s;
 - `phi/status` turns "unreachable" and exactly one window/showMessage about the outage is shown
   per outage, not one per request; requests made while it lasts are answered at once;
