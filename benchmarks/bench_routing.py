@@ -408,7 +408,11 @@ async def main() -> int:
             replicas = [await Replica.fake(name, logs) for name in ("a", "b")]
         else:
             print("(starting two vLLM replicas of phi-code-tiny ...)", file=sys.stderr, flush=True)
-            replicas = list(await asyncio.gather(Replica.vllm(), Replica.vllm()))
+            started_or_not = await asyncio.gather(Replica.vllm(), Replica.vllm(), return_exceptions=True)
+            replicas = [r for r in started_or_not if isinstance(r, Replica)]
+            if len(replicas) < 2:  # stop the one that did start; say why the other did not
+                await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
+                raise next(r for r in started_or_not if isinstance(r, BaseException))
         print(f"(replicas ready in {time.monotonic() - started:.0f} s: {', '.join(r.root for r in replicas)}; "
               f"logs in {logs})", file=sys.stderr, flush=True)
         try:
