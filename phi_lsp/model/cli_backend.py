@@ -44,10 +44,10 @@ _CHAT_FORMATS = ChatFormats(tell=lambda message: print(message, file=sys.stderr)
 async def chat_format(cb: CliBackend, model: str) -> ChatRenderer:
     """`model`'s chat format (its files on disk, else learned from the server serving it)."""
     backend, served = cb.backend, model
-    if cb.pool is not None:
-        serving = cb.pool.serving(model)
-        if serving:
-            backend, served = serving[0].backend, serving[0].spec.served_name(model)
+    if cb.endpoints is not None:
+        endpoint = cb.endpoints.for_model(model)
+        if endpoint is not None:
+            backend, served = endpoint.backend, endpoint.spec.served_name(model)
     files = cb.model_source if model == cb.completion_model else None
     return await _CHAT_FORMATS.get(backend, served, files)
 

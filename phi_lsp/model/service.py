@@ -262,8 +262,8 @@ class ModelService:
         return self.model_for(task)
 
     def _chat_member(self, model: str):
-        serving = [m for m in self.pool.serving(model) if m.available] if self.pool is not None else []
-        return serving[0] if serving else None
+        endpoint = self.endpoints.for_model(model) if self.endpoints is not None else None
+        return endpoint if endpoint is not None and endpoint.available else None
 
     async def prepare_chat_format(self, model: str) -> ChatRenderer | None:
         """Find `model`'s chat format (its files on disk, else learned from its server) once;
