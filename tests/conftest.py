@@ -49,6 +49,18 @@ def make_client() -> LanguageClient:
     def status(ls, params):
         ls.statuses.append(params)
 
+    # As a real editor does: accept the server's dynamic registrations (the file watcher).
+    client.registrations = []
+
+    @client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def register(ls, params: types.RegistrationParams):
+        ls.registrations.extend(params.registrations)
+
+    @client.feature(types.CLIENT_UNREGISTER_CAPABILITY)
+    def unregister(ls, params: types.UnregistrationParams):
+        gone = {u.id for u in params.unregisterations}
+        ls.registrations[:] = [r for r in ls.registrations if r.id not in gone]
+
     return client
 
 

@@ -16,12 +16,7 @@ from tests.conftest import CONFIG, DEAD_BACKEND, initialize, settings
 
 @pytest_lsp.fixture(config=CONFIG)
 async def watch_client(lsp_client: LanguageClient, tmp_path):
-    lsp_client.registrations = []
-
-    @lsp_client.feature(types.CLIENT_REGISTER_CAPABILITY)
-    def register(ls, params: types.RegistrationParams):
-        ls.registrations.extend(params.registrations)
-
+    # conftest's client records the server's registrations in `registrations`.
     (tmp_path / ".gitignore").write_text("generated/\n")
     (tmp_path / "lib.py").write_text("def first():\n    pass\n")
     await initialize(lsp_client, tmp_path, settings(DEAD_BACKEND))

@@ -62,10 +62,6 @@ def fleet(tmp_path_factory):
 async def routed_client(lsp_client: LanguageClient, tmp_path, fleet):
     options = settings(fleet.url, **{"review.onSave": False, "completion.maxTokens": 8})
 
-    @lsp_client.feature(types.CLIENT_REGISTER_CAPABILITY)
-    def register(ls, params):  # the index's file watcher, as an editor accepts it
-        return None
-
     await initialize(lsp_client, tmp_path, options)
     lsp_client.workspace = tmp_path
     yield
