@@ -8,6 +8,7 @@
  * adds starting the server, settings, the status bar item and the palette commands.
  */
 
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as vscode from 'vscode';
 import {
@@ -24,7 +25,7 @@ import {
 import { ServerCommand, ServerNotFound, describe, importsPhiLsp, resolveServerCommand, which } from './serverCommand';
 import { SettingsTracker, serverKeysFromManifest } from './settings';
 import { PhiStatus, isPhiStatus, present } from './status';
-import { PendingSaves, closable } from './startup';
+import { PendingSaves, closable, savedBeforeActivation } from './startup';
 import { StatsView } from './statsView';
 import { TraceChannel } from './trace';
 
@@ -85,6 +86,7 @@ class Controller implements vscode.Disposable {
   constructor(private readonly context: vscode.ExtensionContext) {
     // Listen to saves first thing, before anything that takes time.
     this.listeners.push(vscode.workspace.onDidSaveTextDocument((document) => this.saved(document)));
+    this.noteSavesBeforeActivation();
     const output = closable(vscode.window.createOutputChannel('phi-lsp', { log: true }));
     this.output = output.channel;
     this.closeOutput = output.close;
@@ -129,6 +131,23 @@ class Controller implements vscode.Disposable {
       return;
     }
     this.pendingSaves.add(document.uri.toString(), document.uri);
+  }
+
+  private noteSavesBeforeActivation(): void {
+    const hostStartedAt = Date.now() - process.uptime() * 1000;
+    const documents = vscode.workspace.textDocuments
+      .filter((d) => d.uri.scheme === 'file' && LANGUAGES.includes(d.languageId))
+      .map((d) => ({ key: d.uri.toString(), uri: d.uri, isDirty: d.isDirty, path: d.uri.fsPath }));
+    const modifiedAt = (path: string) => {
+      try {
+        return fs.statSync(path).mtimeMs;
+      } catch {
+        return undefined;
+      }
+    };
+    for (const { key, uri } of savedBeforeActivation(documents, modifiedAt, hostStartedAt)) {
+      this.pendingSaves.add(key, uri);
+    }
   }
 
   /** The client forwards saves from now on; send those it missed, for files still open. */

@@ -33,6 +33,26 @@ export class PendingSaves {
   }
 }
 
+/**
+ * A save made before the extension was even activated (VS Code activates it when the first
+ * matching file opens, and the extension host may still be loading then) reaches no listener.
+ * Files open at activation, unmodified in the editor, whose file changed on disk since this
+ * window's extension host started were saved (or changed) during start-up: they count as saved.
+ */
+export function savedBeforeActivation(
+  documents: { key: string; uri: unknown; isDirty: boolean; path?: string }[],
+  modifiedAt: (path: string) => number | undefined,
+  hostStartedAt: number,
+): { key: string; uri: unknown }[] {
+  return documents.filter((d) => {
+    if (d.isDirty || d.path === undefined) {
+      return false;
+    }
+    const mtime = modifiedAt(d.path);
+    return mtime !== undefined && mtime >= hostStartedAt;
+  });
+}
+
 /** Methods of an (Log)OutputChannel that write or show; dropped once the channel is closed. */
 const WRITES = new Set(['append', 'appendLine', 'replace', 'clear', 'show', 'hide', 'trace', 'debug', 'info', 'warn', 'error']);
 

@@ -10,7 +10,7 @@ const { describe, it } = require('node:test');
 const { resolveServerCommand, which, expand, ServerNotFound } = require('../out/serverCommand');
 const { SettingsTracker, serverKeysFromManifest, explicitValue, isServerKey } = require('../out/settings');
 const { present, isPhiStatus } = require('../out/status');
-const { PendingSaves, closable } = require('../out/startup');
+const { PendingSaves, closable, savedBeforeActivation } = require('../out/startup');
 const { TraceChannel, LOG_LEVEL } = require('../out/trace');
 
 const manifest = require('../package.json');
@@ -178,6 +178,20 @@ describe('saves made before the client forwards them', () => {
     assert.equal(pending.size, 2);
     assert.deepEqual(pending.take(), ['B', 'A2']);
     assert.deepEqual(pending.take(), []);
+  });
+});
+
+describe('saves made before the extension was activated', () => {
+  it('are the clean open files changed on disk since the extension host started', () => {
+    const mtimes = { '/w/old.py': 1000, '/w/saved.py': 5000, '/w/dirty.py': 6000 };
+    const docs = [
+      { key: 'old', uri: 'old', isDirty: false, path: '/w/old.py' },
+      { key: 'saved', uri: 'saved', isDirty: false, path: '/w/saved.py' },
+      { key: 'dirty', uri: 'dirty', isDirty: true, path: '/w/dirty.py' },
+      { key: 'gone', uri: 'gone', isDirty: false, path: '/w/gone.py' },
+    ];
+    const found = savedBeforeActivation(docs, (p) => mtimes[p], 4000);
+    assert.deepEqual(found.map((d) => d.key), ['saved']);
   });
 });
 
