@@ -234,29 +234,27 @@ def test_candidates_show_their_number_and_cycle(session):
 def test_partial_accept_takes_the_next_word_then_the_next_line(session):
     r = step(session, "cycle_and_partial_accept")
     ghost = r["ghost_before"]
-    word = r["word"]
-    assert not word.get("whole"), f"the suggestion {ghost!r} was one word only"
-    piece = word["text"]
-    assert piece and ghost.startswith(piece) and len(piece) < len(ghost)
-    assert re.fullmatch(r"\s*(\w+|[^\w\s]+)", piece), piece
-    assert r["line_after_word"] == r["line_before"] + piece
-    assert r["ghost_after_word"] == ghost[len(piece):]
-    assert word["unit"] == "word" and word["accepted_chars"] == len(piece)
-    rest = ghost[len(piece):]
-    line_piece = r["line_piece"]
-    if line_piece.get("whole"):  # the rest was one line: the line key took all of it
-        assert "\n" not in rest.split("\n", 1)[0] and rest.strip("\n").count("\n") == 0
+    first, second = r["words"]
+    taken = first["text"] + second["text"]
+    assert len(taken) < len(ghost) and ghost.startswith(taken), (ghost, r["words"])
+    for word in (first, second):
+        assert word["unit"] == "word" and re.fullmatch(r"\s*(\w+|[^\w\s]+)", word["text"]), word
+    assert first["line"] == r["line_before"] + first["text"]
+    assert second["line"] == first["line"] + second["text"]
+    assert first["ghost_after"] == ghost[len(first["text"]):]  # the rest stays on show
+    assert second["ghost_after"] == ghost[len(taken):]
+    assert (first["accepted_chars"], second["accepted_chars"]) == (len(first["text"]), len(taken))
+    # Leaving it: one partial accept reached the server, no whole accept.
+    before, after = r["stats_before"], r["stats_after_words"]
+    assert after["partiallyAccepted"] == before["partiallyAccepted"] + 1
+    assert after["accepted"] == before["accepted"]
+    # The next line: up to the line break, or all of a one-line suggestion (a whole accept).
+    ghost, piece = r["line_ghost"], r["line_piece"]
+    head = ghost.split("\n", 1)[0] or "\n" + ghost[1:].split("\n", 1)[0]
+    if head == ghost:
+        assert piece.get("whole"), piece
     else:
-        expected = rest.split("\n", 1)[0] or "\n" + rest[1:].split("\n", 1)[0]
-        assert line_piece["text"] == expected and line_piece["unit"] == "line"
-        assert line_piece["accepted_chars"] == len(piece) + len(expected)
-    # Leaving it told the server: a partial accept (or, all taken, an accept).
-    before, after = r["stats_before"], r["stats_after"]
-    if line_piece.get("whole"):
-        assert after["accepted"] == before["accepted"] + 1
-    else:
-        assert after["partiallyAccepted"] == before["partiallyAccepted"] + 1
-        assert after["accepted"] == before["accepted"]
+        assert piece["unit"] == "line" and piece["text"] == head, (ghost, piece)
 
 
 def test_accept_and_dismiss_reach_the_server(session):

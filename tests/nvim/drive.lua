@@ -411,44 +411,54 @@ local function main()
       end)
       r.second = { text = second.data.text, index = second.data.index, hint = hint() }
     end
-    -- The next word, then the next line.
+    -- The next word, twice; leaving insert mode then tells the server how much was taken.
     local current = suggest.current(bufnr)
+    r.id = current and current.id
     r.line_before = line(api.nvim_buf_line_count(bufnr))
     r.ghost_before = events_of("PhiSuggestion")[#events_of("PhiSuggestion")].data.text
-    local stats_before = client:request_sync("workspace/executeCommand", { command = "phi.stats" }, 5000).result.completion
-    local shown_before = #events_of("PhiSuggestion")
-    local accepts_before = #events_of("PhiAccept")
-    feed(phi.options.keymaps.accept_word)
-    r.word = wait_for("a partial accept (word)", 5000, function()
-      local p, a = events_of("PhiPartialAccept"), events_of("PhiAccept")
-      return (p[1] and p[1].data) or (#a > accepts_before and { whole = true, text = a[#a].data.text }) or nil
-    end)
-    r.line_after_word = line(api.nvim_buf_line_count(bufnr))
-    local after = events_of("PhiSuggestion")
-    r.ghost_after_word = #after > shown_before and after[#after].data.text or nil
-    r.id = current and current.id
-    if not r.word.whole then
-      local partials = #events_of("PhiPartialAccept")
-      local accepts = #events_of("PhiAccept")
-      feed(phi.options.keymaps.accept_line)
-      local piece = wait_for("a partial accept (line) or the whole rest", 5000, function()
-        local p = events_of("PhiPartialAccept")
-        if #p > partials then
-          return p[#p].data
-        end
-        local a = events_of("PhiAccept")
-        return #a > accepts and { whole = true, text = a[#a].data.text } or nil
-      end)
-      r.line_piece = piece
-      r.lines_after_line = api.nvim_buf_get_lines(bufnr, 0, -1, false)
+    local function stats()
+      return client:request_sync("workspace/executeCommand", { command = "phi.stats" }, 5000).result.completion
     end
-    -- Leaving insert mode leaves the suggestion: the server hears how much was taken.
+    r.stats_before = stats()
+    r.words = {}
+    for i = 1, 2 do
+      local before = #events_of("PhiPartialAccept")
+      feed(phi.options.keymaps.accept_word)
+      local piece = wait_for("a partial accept (word " .. i .. ")", 5000, function()
+        local p = events_of("PhiPartialAccept")
+        return #p > before and p[#p].data or nil
+      end)
+      local shown = events_of("PhiSuggestion")
+      table.insert(r.words, { text = piece.text, accepted_chars = piece.accepted_chars, unit = piece.unit,
+        line = line(api.nvim_buf_line_count(bufnr)), ghost_after = shown[#shown].data.text })
+    end
     to_normal_mode()
-    r.stats_after = wait_for("the partial accept to reach the server", 5000, function()
-      local c = client:request_sync("workspace/executeCommand", { command = "phi.stats" }, 5000).result.completion
-      return (c.partiallyAccepted > stats_before.partiallyAccepted or c.accepted > stats_before.accepted) and c or nil
+    r.stats_after_words = wait_for("the partial accept to reach the server", 5000, function()
+      local c = stats()
+      return c.partiallyAccepted > r.stats_before.partiallyAccepted and c or nil
     end)
-    r.stats_before = stats_before
+    -- The next line of a new suggestion (all of it when it is one line: then a whole accept).
+    api.nvim_buf_set_lines(bufnr, -1, -1, false, { "", "", "class Stack:", "    def __init__(self):" })
+    api.nvim_win_set_cursor(0, { api.nvim_buf_line_count(bufnr), 0 })
+    local before = #events_of("PhiSuggestion")
+    feed("A")
+    local shown = wait_for("ghost text after `def __init__(self):`", 90000, function()
+      local list = events_of("PhiSuggestion")
+      return #list > before and suggest.current(bufnr) and list[#list] or nil
+    end)
+    r.line_ghost = shown.data.text
+    local partials, accepts = #events_of("PhiPartialAccept"), #events_of("PhiAccept")
+    feed(phi.options.keymaps.accept_line)
+    r.line_piece = wait_for("a partial accept (line) or the whole suggestion", 5000, function()
+      local p = events_of("PhiPartialAccept")
+      if #p > partials then
+        return p[#p].data
+      end
+      local a = events_of("PhiAccept")
+      return #a > accepts and { whole = true, text = a[#a].data.text } or nil
+    end)
+    r.lines_after_line = api.nvim_buf_get_lines(bufnr, 0, -1, false)
+    to_normal_mode()
   end)
 
   step("review_on_save", function(r)

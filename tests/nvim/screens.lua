@@ -56,7 +56,7 @@ end
 
 --- The screen as the terminal shows it now, with the cursor's cell.
 local function capture(name)
-  vim.cmd.cd(workspace)
+  vim.cmd.echo('""') -- an empty command line
   vim.cmd("redraw!")
   tick(300)
   vim.cmd("redraw")
