@@ -34,7 +34,7 @@ const SECTION = 'phiLsp';
 const STATUS_NOTIFICATION = 'phi/status';
 const REVIEW_SOURCE = 'phi-review';
 const BUSY_DELAY_MS = 400;
-/** The languages phi-lsp has tree-sitter grammars for (phi_lsp/syntax.py). */
+/** The languages phi-lsp has tree-sitter grammars for (phi_lsp/core/syntax.py). */
 const LANGUAGES = [
   'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact', 'go', 'rust', 'java',
   'c', 'cpp', 'ruby', 'kotlin', 'lua', 'php', 'shellscript', 'scala', 'swift',
