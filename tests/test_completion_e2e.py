@@ -109,3 +109,26 @@ async def test_cancel_request_is_answered_once_and_the_server_keeps_serving(mode
     assert "cancel" in str(info.value).lower()
     result = await inline(model_client, uri, end_of(text))
     assert result.items and result.items[0].insert_text.startswith("append")
+
+
+async def test_copilot_style_show_and_partial_accept_notifications_are_counted(model_client: LanguageClient):
+    """textDocument/didShowCompletion and textDocument/didPartiallyAcceptCompletion (as the
+    Copilot language server takes them: the item, and the accepted length) count like
+    phi.acceptCompletion with acceptedChars."""
+    text = "def add(a, b):\n    return"
+    uri = open_doc(model_client, model_client.workspace, "copilot_style.py", text)
+    result = await inline(model_client, uri, end_of(text))
+    assert result.items
+    item = model_client.protocol._converter.unstructure(result.items[0])
+    stats = lambda: model_client.workspace_execute_command_async(types.ExecuteCommandParams(command="phi.stats"))
+    before = (await stats())["completion"]
+    model_client.protocol.notify("textDocument/didShowCompletion", {"item": item})
+    model_client.protocol.notify("textDocument/didPartiallyAcceptCompletion", {"item": item, "acceptedLength": 2})
+    # Malformed ones are ignored, never counted, and never break the server.
+    model_client.protocol.notify("textDocument/didShowCompletion", {"item": {"command": {"arguments": [{"id": "nope"}]}}})
+    model_client.protocol.notify("textDocument/didPartiallyAcceptCompletion", {"item": item, "acceptedLength": "2"})
+    model_client.protocol.notify("textDocument/didPartiallyAcceptCompletion", {"nothing": True})
+    after = (await stats())["completion"]  # answered after the notifications were handled
+    assert after["displayed"] - before["displayed"] == 1
+    assert after["partiallyAccepted"] - before["partiallyAccepted"] == 1
+    assert after["accepted"] == before["accepted"]

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def find_nvim() -> tuple[str | None, str]:
 
 def _minimal_init(path: Path, options: dict) -> None:
     """The init.lua a user would write, pointed at this checkout and the test model."""
-    cmd = [sys.executable, "-m", "phi_lsp"]
+    cmd = [sys.executable, "-P", "-m", "phi_lsp"]
     path.write_text(
         f"""vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN_DIR))})
 vim.opt.swapfile = false
@@ -222,6 +223,40 @@ def test_dismiss_key_hides_the_suggestion(session):
     assert r["mode_after"] == "i"
 
 
+def test_candidates_show_their_number_and_cycle(session):
+    r = step(session, "cycle_and_partial_accept")
+    # An invoked request samples extra candidates; the run asks up to four times for several.
+    assert r["count"] >= 2, f"only one candidate in {r['attempts']} tries: {r['first']}"
+    assert r["first"]["index"] == 1 and r["first"]["hint"] == f" (1/{r['count']})"
+    assert r["second"]["index"] == 2 and r["second"]["hint"] == f" (2/{r['count']})"
+
+
+def test_partial_accept_takes_the_next_word_then_the_next_line(session):
+    r = step(session, "cycle_and_partial_accept")
+    ghost = r["ghost_before"]
+    first, second = r["words"]
+    taken = first["text"] + second["text"]
+    assert len(taken) < len(ghost) and ghost.startswith(taken), (ghost, r["words"])
+    for word in (first, second):
+        assert word["unit"] == "word" and re.fullmatch(r"\s*(\w+|[^\w\s]+)", word["text"]), word
+    assert first["line"] == r["line_before"] + first["text"]
+    assert second["line"] == first["line"] + second["text"]
+    assert first["ghost_after"] == ghost[len(first["text"]):]  # the rest stays on show
+    assert second["ghost_after"] == ghost[len(taken):]
+    assert (first["accepted_chars"], second["accepted_chars"]) == (len(first["text"]), len(taken))
+    # Leaving it: one partial accept reached the server, no whole accept.
+    before, after = r["stats_before"], r["stats_after_words"]
+    assert after["partiallyAccepted"] == before["partiallyAccepted"] + 1
+    assert after["accepted"] == before["accepted"]
+    # The next line: up to the line break, or all of a one-line suggestion (a whole accept).
+    ghost, piece = r["line_ghost"], r["line_piece"]
+    head = ghost.split("\n", 1)[0] or "\n" + ghost[1:].split("\n", 1)[0]
+    if head == ghost:
+        assert piece.get("whole"), piece
+    else:
+        assert piece["unit"] == "line" and piece["text"] == head, (ghost, piece)
+
+
 def test_accept_and_dismiss_reach_the_server(session):
     r = step(session, "feedback")
     assert r["completion"]["accepted"] >= 1
@@ -296,3 +331,94 @@ def test_inline_completion_is_used_where_neovim_has_it(inline_session):
     item = r["items"][0]
     assert item["insertText"].split("\n")[0] == " np"
     assert item["command"]["command"] == "phi.acceptCompletion"
+
+
+# -- screenshots (README) --------------------------------------------------------------------
+
+SCREENS_DRIVER = Path(__file__).resolve().parent / "nvim" / "screens.lua"
+REVIEW_PROXY = Path(__file__).resolve().parent / "vscode_real" / "review_proxy.py"
+
+
+def _tmux(socket_name: str, *args: str, check=True) -> str:
+    return subprocess.run(["tmux", "-L", socket_name, *args], capture_output=True, text=True, timeout=30,
+                          check=check).stdout
+
+
+def test_screenshots_from_a_terminal(tmp_path, vllm_url):
+    """Neovim in tmux (a real terminal screen): ghost text, a review finding in its float, the
+    code-action menu with its quick fix, which then applies. The screens are rendered to PNG
+    (tests/ansi_png.py); PHI_LSP_UPDATE_SCREENSHOTS=1 writes them to docs/screenshots/. Review
+    prompts go through tests/vscode_real/review_proxy.py, which answers with a canned finding."""
+    from tests import ansi_png
+
+    nvim, why = find_nvim()
+    tmux = shutil.which("tmux")
+    if nvim is None or tmux is None:
+        why = why if nvim is None else "tmux is not installed (apt-get install tmux)"
+        if REQUIRE_VLLM:
+            pytest.fail(f"needed here (PHI_LSP_REQUIRE_VLLM=1): {why}")
+        pytest.skip(why)
+    pytest.importorskip("PIL")
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0.0.0"\n')
+    (workspace / "example.py").write_text("def add(a, b):\n    return\n")
+    golden = json.loads((ROOT / "tests" / "golden" / "review" / "recorded_phi_code_tiny.json").read_text())
+    (workspace / "buggy.py").write_text(golden["files"]["buggy.py"])
+    screens = tmp_path / "screens"
+    screens.mkdir()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        proxy_port = s.getsockname()[1]
+    proxy = subprocess.Popen([sys.executable, str(REVIEW_PROXY), str(proxy_port), vllm_url.removesuffix("/v1")],
+                             env={**os.environ, "PROXY_LOG": str(tmp_path / "proxy.log")},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    init = tmp_path / "init.lua"
+    _minimal_init(init, settings(f"http://127.0.0.1:{proxy_port}/v1"))
+    init.write_text(init.read_text() + "vim.o.termguicolors = true\nvim.o.number = true\nvim.o.signcolumn = 'yes'\n")
+    env = {
+        **os.environ, "PHI_SCREENS_DIR": str(screens), "PHI_NVIM_WORKSPACE": str(workspace), "TERM": "xterm-256color",
+        "COLORTERM": "truecolor",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    for name in ("CONFIG", "DATA", "STATE", "CACHE"):
+        env[f"XDG_{name}_HOME"] = str(tmp_path / name.lower())
+    socket_name = f"phi-screens-{os.getpid()}"
+    command = f"cd {workspace} && {nvim} --clean -u {init} -c 'luafile {SCREENS_DRIVER}'"
+    try:
+        subprocess.run([tmux, "-L", socket_name, "-f", "/dev/null", "new-session", "-d", "-x", "100", "-y", "18",
+                        "-s", "phi", command], env=env, check=True, timeout=30)
+        _tmux(socket_name, "set-option", "-g", "default-terminal", "tmux-256color", check=False)
+        deadline = time.time() + 300
+        menu = None
+        while time.time() < deadline and not (screens / "result.json").exists():
+            if menu is None and (screens / "menu.wanted").exists():
+                text = _tmux(socket_name, "capture-pane", "-p", "-t", "phi", check=False)
+                if "Type number" in text:
+                    menu = _tmux(socket_name, "capture-pane", "-e", "-p", "-t", "phi")
+                    cursor = _tmux(socket_name, "display-message", "-p", "-t", "phi", "#{cursor_x},#{cursor_y}").strip()
+                    (screens / "menu.ans").write_text(menu)
+                    _tmux(socket_name, "send-keys", "-t", "phi", "1", "Enter")
+            time.sleep(0.3)
+    finally:
+        _tmux(socket_name, "kill-server", check=False)
+        proxy.terminate()
+        proxy.wait(10)
+    assert (screens / "result.json").exists(), "the Neovim screenshot run wrote no result"
+    result = json.loads((screens / "result.json").read_text())
+    assert not result.get("fatal"), result.get("fatal")
+    ghost = ansi_png.plain((screens / "ghost.ans").read_text())
+    first = result["ghost"].split("\n")[0]
+    assert f"    return{first}" in ghost, ghost  # shown after the cursor, on its line
+    finding = ansi_png.plain((screens / "finding.ans").read_text())
+    assert "Division by zero when values is empty." in finding, finding
+    assert menu is not None, "the code-action menu never showed"
+    assert "phi-review" in ansi_png.plain(menu) and "Division by zero" in ansi_png.plain(menu), menu
+    assert result["fixed_line"] == "    return total / len(values) if values else 0.0"
+    out = ROOT / "docs" / "screenshots" if os.environ.get("PHI_LSP_UPDATE_SCREENSHOTS") == "1" else screens
+    for name, png in (("ghost", "nvim-ghost-text"), ("finding", "nvim-review-finding"), ("menu", "nvim-quick-fix")):
+        at = result["captures"].get(name) or cursor
+        x, y = (int(v) for v in at.split(","))
+        ansi_png.render((screens / f"{name}.ans").read_text(), out / f"{png}.png", cursor=(x, y))

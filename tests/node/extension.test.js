@@ -55,6 +55,7 @@ describe('the VS Code extension, run on a stand-in of the VS Code API', { timeou
   let extension;
   let workspace;
   let document;
+  let context;
 
   const vs = () => fake.state;
   const statusText = () => vs().statusItems[0]?.text ?? '';
@@ -88,6 +89,7 @@ describe('the VS Code extension, run on a stand-in of the VS Code API', { timeou
         'phiLsp.completion.debounceMs': 0,
         'phiLsp.completion.minConfidence': 0,
         'phiLsp.review.model': 'phi-code-tiny',
+        'phiLsp.trace.server': 'messages',
       },
     });
     uninstall = installVscode(fake.vscode);
@@ -104,14 +106,20 @@ describe('the VS Code extension, run on a stand-in of the VS Code API', { timeou
 
   it('activates: finds the server from phiLsp.server.pythonPath and shows "ready"', { timeout: 60 * SECOND }, async () => {
     const { manifest } = defaultsFromManifest();
-    const context = { subscriptions: [], extension: { packageJSON: manifest, id: 'phi-lsp.phi-lsp' }, extensionPath: EXTENSION };
-    await extension.activate(context);
-    assert.match(output(), new RegExp(`Starting ${PYTHON.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} -m phi_lsp \\(from setting phiLsp.server.pythonPath\\)`));
+    context = { subscriptions: [], extension: { packageJSON: manifest, id: 'phi-lsp.phi-lsp' }, extensionPath: EXTENSION };
+    const activated = extension.activate(context);
+    // A file saved while the server is still starting (the client does not forward saves yet).
+    const early = path.join(workspace, 'early.py');
+    fs.writeFileSync(early, 'def ratio(a, b):\n    return a / b\n');
+    fake.saveDocument(fake.openDocument(early, 'python', fs.readFileSync(early, 'utf8')));
+    await activated;
+    assert.match(output(), new RegExp(`Starting ${PYTHON.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} -P -m phi_lsp \\(from setting phiLsp.server.pythonPath\\)`));
     await eventually('the status bar to say ready', () => /Phi: ready/.test(statusText()));
     const item = vs().statusItems[0];
     assert.ok(item.shown);
     assert.match(item.tooltip, /Model: phi-code-tiny/); // from the settings sent as initializationOptions
-    assert.match(item.tooltip, new RegExp(`Backend: ${VLLM_URL.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+    // The backend URL once: the server's message already names it.
+    assert.equal(item.tooltip.split(VLLM_URL).length - 1, 1, item.tooltip);
     assert.equal(vs().contextKeys.get('phiLsp.running'), true);
     for (const command of ['phiLsp.reviewFile', 'phiLsp.reviewWorkspace', 'phiLsp.restartServer', 'phiLsp.showOutput', 'phiLsp.showStats']) {
       assert.ok(vs().commands.has(command), command);
@@ -119,6 +127,19 @@ describe('the VS Code extension, run on a stand-in of the VS Code API', { timeou
     // The server's commands, registered by the client so that accepting a suggestion runs phi.acceptCompletion.
     assert.ok(vs().commands.has('phi.acceptCompletion'));
     assert.deepEqual(vs().messages.filter((m) => m.kind !== 'info'), []);
+  });
+
+  it('reviews the file saved while the server was starting', { timeout: 120 * SECOND }, async () => {
+    assert.match(output(), /Sending the save of early\.py made while the server was starting/);
+    const stats = await eventually('the early save to be reviewed', async () => {
+      const s = await fake.vscode.commands.executeCommand('phi.stats');
+      return s.review.events.saves >= 1 && s.review.inFlight === 0 && s;
+    }, 90 * SECOND);
+    assert.ok(stats.review.reviews >= 1 && stats.review.units >= 1, JSON.stringify(stats.review));
+  });
+
+  it('shows the LSP trace when phiLsp.trace.server is "messages", without a log level to change', () => {
+    assert.match(output(), /\[[\d:.]+\] Sending request 'initialize - \(0\)'/);
   });
 
   it('shows ghost text for `import numpy as` through the client\'s inline completion provider', { timeout: 60 * SECOND }, async () => {
@@ -181,7 +202,14 @@ describe('the VS Code extension, run on a stand-in of the VS Code API', { timeou
     await fake.vscode.commands.executeCommand('phiLsp.reviewWorkspace');
     assert.match(vs().statusBarMessages.at(-1) ?? '', /^phi-lsp: \d+ findings? in \d+ files?$/);
     await fake.vscode.commands.executeCommand('phiLsp.showStats');
+    await fake.vscode.commands.executeCommand('phiLsp.showStats');
     assert.deepEqual(vs().messages.filter((m) => m.kind === 'error'), []);
+    // One read-only virtual document, refreshed in place, not an Untitled document per run.
+    const shown = vs().shownDocuments ?? [];
+    assert.equal(shown.length, 2);
+    assert.equal(shown[0], shown[1]);
+    assert.equal(shown[0].uri.scheme, 'phi-lsp-stats');
+    assert.ok(JSON.parse(shown[0].getText()).status, shown[0].getText().slice(0, 200));
     t.diagnostic(`status bar messages: ${JSON.stringify(vs().statusBarMessages)}`);
   });
 
@@ -206,11 +234,26 @@ describe('the VS Code extension, run on a stand-in of the VS Code API', { timeou
     assert.ok(items.length > 0, 'completions work after the restart');
   });
 
-  it('stops the server on deactivate (shutdown, exit code 0)', { timeout: 60 * SECOND }, async () => {
-    await extension.deactivate();
+  it('stops the server on deactivate (shutdown, exit code 0), writing to no closed channel', { timeout: 60 * SECOND }, async () => {
+    const { pid } = (await fake.vscode.commands.executeCommand('phi.stats')).process;
+    // As VS Code does: deactivate() is called, and the subscriptions are disposed at once.
+    const deactivated = extension.deactivate();
+    for (const subscription of context.subscriptions) subscription.dispose();
+    await deactivated;
     extension = undefined;
+    // The output channel closes after the stop; later lines are dropped, never written to it closed.
+    assert.deepEqual(vs().closedChannelWrites, []);
     assert.equal(vs().contextKeys.get('phiLsp.running'), false);
     const starts = (output().match(/\] Starting /g) ?? []).length;
-    await eventually('every server started to exit cleanly', () => (output().match(/Server process exited successfully/g) ?? []).length === starts);
+    // The servers stopped by the two restarts said so in the channel; the last one is gone too.
+    await eventually('the restarted servers to exit cleanly', () => (output().match(/Server process exited successfully/g) ?? []).length >= starts - 1);
+    await eventually('the last server process to exit', () => {
+      try {
+        process.kill(pid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    });
   });
 });

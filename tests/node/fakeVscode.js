@@ -114,6 +114,9 @@ class Uri {
   static file(path) {
     return new Uri(pathToFileURL(path));
   }
+  static from({ scheme, path = '/' }) {
+    return new Uri(new URL(`${scheme}:${path}`));
+  }
   get fsPath() {
     return this.scheme === 'file' ? fileURLToPath(this._url) : this.path;
   }
@@ -304,6 +307,9 @@ function createVscode({ settings = {}, defaults = {}, workspaceFolder, version =
     providers: { inlineCompletion: [], completion: [], codeAction: [] },
     contextKeys: new Map(),
     documents: [],
+    contentProviders: new Map(), // scheme -> TextDocumentContentProvider
+    virtualDocuments: new Map(), // uri string -> TextDocument (one per uri, as VS Code keeps them)
+    closedChannelWrites: [], // writes to a disposed output channel (VS Code throws "Channel has been closed")
   };
   const events = {
     open: new EventEmitter(), close: new EventEmitter(), change: new EventEmitter(), save: new EventEmitter(),
@@ -338,16 +344,40 @@ function createVscode({ settings = {}, defaults = {}, workspaceFolder, version =
   }
 
   function outputChannel(name) {
-    const line = (level) => (message) => state.outputLines.push(`[${level}] ${message}`);
+    let disposed = false;
+    const write = (text) => {
+      if (disposed) {
+        state.closedChannelWrites.push(`${name}: ${text}`);
+        throw new Error('Channel has been closed');
+      }
+      state.outputLines.push(text);
+    };
+    const line = (level) => (message) => write(`[${level}] ${message}`);
     return {
       name,
-      logLevel: 2,
+      logLevel: 3, // Info, as VS Code starts a log channel
       onDidChangeLogLevel: new EventEmitter().event,
       trace: line('trace'), debug: line('debug'), info: line('info'), warn: line('warn'), error: line('error'),
-      append: (text) => state.outputLines.push(text),
-      appendLine: (text) => state.outputLines.push(text),
-      replace() {}, clear() {}, show() {}, hide() {}, dispose() {},
+      append: write,
+      appendLine: write,
+      replace() {}, clear() {}, show() {}, hide() {},
+      dispose() { disposed = true; },
     };
+  }
+
+  async function openTextDocument(arg) {
+    if (arg instanceof Uri && state.contentProviders.has(arg.scheme)) {
+      const key = arg.toString();
+      const text = await state.contentProviders.get(arg.scheme).provideTextDocumentContent(arg);
+      let document = state.virtualDocuments.get(key);
+      if (document === undefined) {
+        document = new TextDocument(arg, 'json', text);
+        state.virtualDocuments.set(key, document);
+      }
+      document._text = text;
+      return document;
+    }
+    return new TextDocument(Uri.parse('untitled:Untitled-1'), arg?.language ?? 'plaintext', arg?.content ?? '');
   }
 
   function message(kind) {
@@ -423,7 +453,15 @@ function createVscode({ settings = {}, defaults = {}, workspaceFolder, version =
       onWillSaveTextDocument: events.willSave.event,
       onDidChangeConfiguration: events.configuration.event,
       onDidChangeWorkspaceFolders: events.folders.event,
-      openTextDocument: async (options) => new TextDocument(Uri.parse('untitled:Untitled-1'), options?.language ?? 'plaintext', options?.content ?? ''),
+      openTextDocument,
+      registerTextDocumentContentProvider(scheme, provider) {
+        state.contentProviders.set(scheme, provider);
+        provider.onDidChange?.((uri) => {
+          const document = state.virtualDocuments.get(uri.toString());
+          if (document) Promise.resolve(provider.provideTextDocumentContent(uri)).then((text) => { document._text = text; });
+        });
+        return new Disposable(() => state.contentProviders.delete(scheme));
+      },
     }),
     window: namespace('window', {
       get activeTextEditor() {
@@ -449,7 +487,10 @@ function createVscode({ settings = {}, defaults = {}, workspaceFolder, version =
         return new Disposable();
       },
       withProgress: (options, task) => task({ report() {} }, new CancellationTokenSource().token),
-      showTextDocument: async () => undefined,
+      showTextDocument: async (document) => {
+        state.shownDocuments = [...(state.shownDocuments ?? []), document];
+        return undefined;
+      },
     }),
     languages: namespace('languages', {
       match: matchScore,

@@ -62,7 +62,7 @@ vim.lsp.handlers["textDocument/publishDiagnostics"] = function(err, params, ctx,
   return result
 end
 
-for _, pattern in ipairs({ "PhiSuggestion", "PhiAccept", "PhiStatus" }) do
+for _, pattern in ipairs({ "PhiSuggestion", "PhiAccept", "PhiPartialAccept", "PhiStatus" }) do
   api.nvim_create_autocmd("User", {
     pattern = pattern,
     callback = function(ev)
@@ -353,6 +353,111 @@ local function main()
     end)
     r.line_after = line(api.nvim_buf_line_count(bufnr))
     r.mode_after = api.nvim_get_mode().mode
+    to_normal_mode()
+  end)
+
+  step("cycle_and_partial_accept", function(r)
+    -- Several candidates (an invoked request samples more): the ghost text ends in "(i/n)" and
+    -- the next key shows the next one. Then the next word and the next line go in one at a time.
+    local suggest = require("phi_lsp.suggest")
+    local ns = suggest.namespace
+    local function hint()
+      local marks = api.nvim_buf_get_extmarks(bufnr, ns, 0, -1, { details = true })
+      local chunks = {}
+      for _, mark in ipairs(marks) do
+        for _, chunk in ipairs(mark[4].virt_text or {}) do
+          table.insert(chunks, chunk)
+        end
+        for _, vline in ipairs(mark[4].virt_lines or {}) do
+          for _, chunk in ipairs(vline) do
+            table.insert(chunks, chunk)
+          end
+        end
+      end
+      for _, chunk in ipairs(chunks) do
+        if chunk[2] == "PhiSuggestionHint" then
+          return chunk[1]
+        end
+      end
+      return nil
+    end
+    api.nvim_buf_set_lines(bufnr, -1, -1, false, { "", "", "def scale(values, factor):", "    return [" })
+    local attempts = 0
+    repeat
+      attempts = attempts + 1
+      api.nvim_win_set_cursor(0, { api.nvim_buf_line_count(bufnr), 0 })
+      local before = #events_of("PhiSuggestion")
+      feed("A")
+      local shown = wait_for("ghost text after `    return [`", 90000, function()
+        local list = events_of("PhiSuggestion")
+        return #list > before and suggest.current(bufnr) and list[#list] or nil
+      end)
+      r.count = shown.data.count
+      r.first = { text = shown.data.text, index = shown.data.index, hint = hint() }
+      if r.count >= 2 then
+        break
+      end
+      -- One candidate this time: leave, and ask again.
+      feed(phi.options.keymaps.dismiss)
+      to_normal_mode()
+    until attempts >= 4
+    r.attempts = attempts
+    if r.count >= 2 then
+      local before = #events_of("PhiSuggestion")
+      feed(phi.options.keymaps.next)
+      local second = wait_for("the next candidate", 5000, function()
+        local list = events_of("PhiSuggestion")
+        return #list > before and list[#list] or nil
+      end)
+      r.second = { text = second.data.text, index = second.data.index, hint = hint() }
+    end
+    -- The next word, twice; leaving insert mode then tells the server how much was taken.
+    local current = suggest.current(bufnr)
+    r.id = current and current.id
+    r.line_before = line(api.nvim_buf_line_count(bufnr))
+    r.ghost_before = events_of("PhiSuggestion")[#events_of("PhiSuggestion")].data.text
+    local function stats()
+      return client:request_sync("workspace/executeCommand", { command = "phi.stats" }, 5000).result.completion
+    end
+    r.stats_before = stats()
+    r.words = {}
+    for i = 1, 2 do
+      local before = #events_of("PhiPartialAccept")
+      feed(phi.options.keymaps.accept_word)
+      local piece = wait_for("a partial accept (word " .. i .. ")", 5000, function()
+        local p = events_of("PhiPartialAccept")
+        return #p > before and p[#p].data or nil
+      end)
+      local shown = events_of("PhiSuggestion")
+      table.insert(r.words, { text = piece.text, accepted_chars = piece.accepted_chars, unit = piece.unit,
+        line = line(api.nvim_buf_line_count(bufnr)), ghost_after = shown[#shown].data.text })
+    end
+    to_normal_mode()
+    r.stats_after_words = wait_for("the partial accept to reach the server", 5000, function()
+      local c = stats()
+      return c.partiallyAccepted > r.stats_before.partiallyAccepted and c or nil
+    end)
+    -- The next line of a new suggestion (all of it when it is one line: then a whole accept).
+    api.nvim_buf_set_lines(bufnr, -1, -1, false, { "", "", "class Stack:", "    def __init__(self):" })
+    api.nvim_win_set_cursor(0, { api.nvim_buf_line_count(bufnr), 0 })
+    local before = #events_of("PhiSuggestion")
+    feed("A")
+    local shown = wait_for("ghost text after `def __init__(self):`", 90000, function()
+      local list = events_of("PhiSuggestion")
+      return #list > before and suggest.current(bufnr) and list[#list] or nil
+    end)
+    r.line_ghost = shown.data.text
+    local partials, accepts = #events_of("PhiPartialAccept"), #events_of("PhiAccept")
+    feed(phi.options.keymaps.accept_line)
+    r.line_piece = wait_for("a partial accept (line) or the whole suggestion", 5000, function()
+      local p = events_of("PhiPartialAccept")
+      if #p > partials then
+        return p[#p].data
+      end
+      local a = events_of("PhiAccept")
+      return #a > accepts and { whole = true, text = a[#a].data.text } or nil
+    end)
+    r.lines_after_line = api.nvim_buf_get_lines(bufnr, 0, -1, false)
     to_normal_mode()
   end)
 

@@ -8,9 +8,11 @@
  * adds starting the server, settings, the status bar item and the palette commands.
  */
 
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as vscode from 'vscode';
 import {
+  DidSaveTextDocumentNotification,
   ExecuteCommandRequest,
   LanguageClient,
   LanguageClientOptions,
@@ -23,13 +25,16 @@ import {
 import { ServerCommand, ServerNotFound, describe, importsPhiLsp, resolveServerCommand, which } from './serverCommand';
 import { SettingsTracker, serverKeysFromManifest } from './settings';
 import { PhiStatus, isPhiStatus, present } from './status';
+import { PendingSaves, closable, savedBeforeActivation } from './startup';
+import { StatsView } from './statsView';
+import { TraceChannel } from './trace';
 
 const CLIENT_ID = 'phiLsp';
 const SECTION = 'phiLsp';
 const STATUS_NOTIFICATION = 'phi/status';
 const REVIEW_SOURCE = 'phi-review';
 const BUSY_DELAY_MS = 400;
-/** The languages phi-lsp has tree-sitter grammars for (phi_lsp/syntax.py). */
+/** The languages phi-lsp has tree-sitter grammars for (phi_lsp/core/syntax.py). */
 const LANGUAGES = [
   'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact', 'go', 'rust', 'java',
   'c', 'cpp', 'ruby', 'kotlin', 'lua', 'php', 'shellscript', 'scala', 'swift',
@@ -52,13 +57,25 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
 }
 
 export async function deactivate(): Promise<void> {
-  await controller?.stop();
+  // VS Code disposes context.subscriptions right after calling this, without waiting: the
+  // output channels are closed here, once the server has stopped (see closable()).
+  const stopping = controller;
   controller = undefined;
+  await stopping?.stop();
+  stopping?.closeChannels();
 }
 
 class Controller implements vscode.Disposable {
   readonly output: vscode.LogOutputChannel;
+  private readonly closeOutput: () => void;
+  private readonly trace: TraceChannel;
+  private readonly closeTrace: () => void;
+  private readonly stats: StatsView;
   private readonly statusItem: vscode.StatusBarItem;
+  /** Saves made while no client forwards them (starting, restarting): sent once one does. */
+  private readonly pendingSaves = new PendingSaves();
+  private forwardingSaves = false;
+  private readonly listeners: vscode.Disposable[] = [];
   private readonly tracker: SettingsTracker;
   private client: LanguageClient | undefined;
   private command: ServerCommand | undefined;
@@ -67,7 +84,24 @@ class Controller implements vscode.Disposable {
   private busyTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(private readonly context: vscode.ExtensionContext) {
-    this.output = vscode.window.createOutputChannel('phi-lsp', { log: true });
+    // Listen to saves first thing, before anything that takes time.
+    this.listeners.push(vscode.workspace.onDidSaveTextDocument((document) => this.saved(document)));
+    this.noteSavesBeforeActivation();
+    const output = closable(vscode.window.createOutputChannel('phi-lsp', { log: true }));
+    this.output = output.channel;
+    this.closeOutput = output.close;
+    const traceEmitter = new vscode.EventEmitter<vscode.LogLevel>();
+    const trace = closable(
+      new TraceChannel(
+        vscode.window.createOutputChannel('phi-lsp (trace)'),
+        () => vscode.workspace.getConfiguration(SECTION).get('trace.server'),
+        traceEmitter,
+      ),
+    );
+    this.trace = trace.channel;
+    this.closeTrace = trace.close;
+    this.stats = new StatsView();
+    this.listeners.push(vscode.workspace.registerTextDocumentContentProvider(StatsView.scheme, this.stats));
     this.statusItem = vscode.window.createStatusBarItem('phiLsp.status', vscode.StatusBarAlignment.Right, 100);
     this.statusItem.name = 'phi-lsp';
     this.statusItem.command = 'phiLsp.showOutput';
@@ -76,11 +110,59 @@ class Controller implements vscode.Disposable {
     this.tracker = new SettingsTracker(keys, (key) => vscode.workspace.getConfiguration(SECTION).inspect(key));
   }
 
+  /** Called by VS Code right after deactivate() (not awaited): the channels stay open for the stop. */
   dispose(): void {
     clearTimeout(this.busyTimer);
     this.pythonWatch?.dispose();
     this.statusItem.dispose();
-    this.output.dispose();
+    this.stats.dispose();
+    this.listeners.forEach((listener) => listener.dispose());
+  }
+
+  closeChannels(): void {
+    this.closeTrace();
+    this.closeOutput();
+  }
+
+  // -- saves before the client forwards them ----------------------------------------------
+
+  private saved(document: vscode.TextDocument): void {
+    if (this.forwardingSaves || document.uri.scheme !== 'file' || !LANGUAGES.includes(document.languageId)) {
+      return;
+    }
+    this.pendingSaves.add(document.uri.toString(), document.uri);
+  }
+
+  private noteSavesBeforeActivation(): void {
+    const hostStartedAt = Date.now() - process.uptime() * 1000;
+    const documents = vscode.workspace.textDocuments
+      .filter((d) => d.uri.scheme === 'file' && LANGUAGES.includes(d.languageId))
+      .map((d) => ({ key: d.uri.toString(), uri: d.uri, isDirty: d.isDirty, path: d.uri.fsPath }));
+    const modifiedAt = (path: string) => {
+      try {
+        return fs.statSync(path).mtimeMs;
+      } catch {
+        return undefined;
+      }
+    };
+    for (const { key, uri } of savedBeforeActivation(documents, modifiedAt, hostStartedAt)) {
+      this.pendingSaves.add(key, uri);
+    }
+  }
+
+  /** The client forwards saves from now on; send those it missed, for files still open. */
+  private sendPendingSaves(client: LanguageClient): void {
+    this.forwardingSaves = true;
+    const open = new Set(vscode.workspace.textDocuments.map((document) => document.uri.toString()));
+    for (const uri of this.pendingSaves.take() as vscode.Uri[]) {
+      if (!open.has(uri.toString())) {
+        continue;
+      }
+      this.output.info(`Sending the save of ${vscode.workspace.asRelativePath(uri)} made while the server was starting`);
+      void client
+        .sendNotification(DidSaveTextDocumentNotification.type, { textDocument: { uri: client.code2ProtocolConverter.asUri(uri) } })
+        .catch((error) => this.output.warn(`Could not send a save: ${error}`));
+    }
   }
 
   // -- lifecycle ----------------------------------------------------------------------------
@@ -168,6 +250,9 @@ class Controller implements vscode.Disposable {
     this.client = client;
     try {
       await client.start();
+      if (this.client === client) {
+        this.sendPendingSaves(client);
+      }
     } catch (error) {
       this.output.error(`phi-lsp failed to start: ${error}`);
       this.showStatus({ state: 'server-stopped', message: `phi-lsp failed to start: ${error}` });
@@ -177,6 +262,7 @@ class Controller implements vscode.Disposable {
   private async doStop(): Promise<void> {
     const client = this.client;
     this.client = undefined;
+    this.forwardingSaves = false;
     if (client === undefined) {
       return;
     }
@@ -196,7 +282,8 @@ class Controller implements vscode.Disposable {
     return {
       documentSelector,
       outputChannel: this.output,
-      traceOutputChannel: this.output,
+      // A plain channel that shows the trace whenever phiLsp.trace.server is on (trace.ts).
+      traceOutputChannel: this.trace as unknown as vscode.LogOutputChannel,
       revealOutputChannelOn: RevealOutputChannelOn.Never,
       diagnosticCollectionName: REVIEW_SOURCE,
       // A function, so that a restart sends the settings as they are then.
@@ -225,6 +312,9 @@ class Controller implements vscode.Disposable {
   configurationChanged(event: vscode.ConfigurationChangeEvent): void {
     if (!event.affectsConfiguration(SECTION)) {
       return;
+    }
+    if (event.affectsConfiguration(`${SECTION}.trace`)) {
+      this.trace.settingChanged();
     }
     if (event.affectsConfiguration(`${SECTION}.server`)) {
       this.output.info('phiLsp.server settings changed; restarting the server');
@@ -353,7 +443,9 @@ class Controller implements vscode.Disposable {
     }
     const stats = await this.execute(client, 'phi.stats', []);
     if (stats !== undefined) {
-      const document = await vscode.workspace.openTextDocument({ language: 'json', content: JSON.stringify(stats, null, 2) });
+      // One read-only virtual document, refreshed in place: no Untitled documents pile up.
+      this.stats.update(stats);
+      const document = await vscode.workspace.openTextDocument(StatsView.uri);
       await vscode.window.showTextDocument(document, { preview: true });
     }
   }

@@ -1,10 +1,13 @@
 /**
  * How to start phi-lsp: the first of
  *   1. `phiLsp.server.path`                      -> <path> <args>
- *   2. `phiLsp.server.pythonPath`                -> <python> -m phi_lsp <args>
+ *   2. `phiLsp.server.pythonPath`                -> <python> -P -m phi_lsp <args>
  *   3. `phi-lsp` on PATH                         -> phi-lsp <args>
  *   4. the Python extension's selected interpreter, if phi_lsp imports there
  *   5. `python3` (`python` on Windows), if phi_lsp imports there
+ *
+ * `-P` (Python 3.11+, which phi-lsp needs) keeps the working directory, the workspace, off
+ * `sys.path`, so a workspace file named like a module phi-lsp imports cannot shadow it.
  *
  * No `vscode` import here: the Python extension is reached through `Probe.pythonExtension`, so
  * the order can be unit-tested in plain Node.
@@ -69,7 +72,7 @@ export async function resolveServerCommand(settings: ServerSettings, probe: Prob
   const extra = (settings.args ?? []).filter((arg) => typeof arg === 'string').map((arg) => expand(arg, settings));
   const module = (python: string, origin: string): ServerCommand => ({
     command: python,
-    args: ['-m', 'phi_lsp', ...extra],
+    args: ['-P', '-m', 'phi_lsp', ...extra],
     origin,
   });
   if (settings.path && settings.path.trim()) {
@@ -123,10 +126,10 @@ export function which(name: string, env: NodeJS.ProcessEnv = process.env, platfo
   return undefined;
 }
 
-/** Whether phi_lsp imports in that interpreter (bounded: 15 s). */
+/** Whether phi_lsp imports in that interpreter (bounded: 15 s); `-P` fails below Python 3.11. */
 export function importsPhiLsp(python: string): Promise<boolean> {
   return new Promise((resolve) => {
-    execFile(python, ['-c', 'import phi_lsp'], { timeout: 15_000, windowsHide: true }, (error) => resolve(!error));
+    execFile(python, ['-P', '-c', 'import phi_lsp'], { timeout: 15_000, windowsHide: true }, (error) => resolve(!error));
   });
 }
 

@@ -39,7 +39,8 @@ export function present(status: PhiStatus): Presentation {
   if (status.model) {
     lines.push(`Model: ${status.model}`);
   }
-  if (status.url) {
+  // The server's "ready" message is often "Using <url>": the URL is said once.
+  if (status.url && !(status.message ?? '').includes(status.url)) {
     lines.push(`Backend: ${status.url}`);
   }
   lines.push('', 'Click for the phi-lsp output.');

@@ -10,6 +10,8 @@ const { describe, it } = require('node:test');
 const { resolveServerCommand, which, expand, ServerNotFound } = require('../out/serverCommand');
 const { SettingsTracker, serverKeysFromManifest, explicitValue, isServerKey } = require('../out/settings');
 const { present, isPhiStatus } = require('../out/status');
+const { PendingSaves, closable, savedBeforeActivation } = require('../out/startup');
+const { TraceChannel, LOG_LEVEL } = require('../out/trace');
 
 const manifest = require('../package.json');
 
@@ -34,7 +36,7 @@ describe('server command discovery', () => {
 
   it('then phiLsp.server.pythonPath with -m phi_lsp', async () => {
     const found = await resolveServerCommand({ path: '  ', pythonPath: '/venv/bin/python' }, probe({ which: () => '/usr/bin/phi-lsp' }));
-    assert.deepEqual([found.command, found.args], ['/venv/bin/python', ['-m', 'phi_lsp']]);
+    assert.deepEqual([found.command, found.args], ['/venv/bin/python', ['-P', '-m', 'phi_lsp']]);
   });
 
   it('then phi-lsp on PATH', async () => {
@@ -47,7 +49,7 @@ describe('server command discovery', () => {
       {},
       probe({ pythonExtension: async () => '/ws/.venv/bin/python', importsPhiLsp: async (py) => py === '/ws/.venv/bin/python' }),
     );
-    assert.deepEqual([found.command, found.args], ['/ws/.venv/bin/python', ['-m', 'phi_lsp']]);
+    assert.deepEqual([found.command, found.args], ['/ws/.venv/bin/python', ['-P', '-m', 'phi_lsp']]);
   });
 
   it('then python3 (python on Windows)', async () => {
@@ -55,7 +57,7 @@ describe('server command discovery', () => {
       {},
       probe({ pythonExtension: async () => '/no/phi/python', importsPhiLsp: async (py) => py === 'python3' }),
     );
-    assert.deepEqual([found.command, found.args], ['python3', ['-m', 'phi_lsp']]);
+    assert.deepEqual([found.command, found.args], ['python3', ['-P', '-m', 'phi_lsp']]);
     const windows = await resolveServerCommand({}, probe({ platform: 'win32', importsPhiLsp: async (py) => py === 'python' }));
     assert.equal(windows.command, 'python');
   });
@@ -77,7 +79,7 @@ describe('server command discovery', () => {
       { pythonPath: '${workspaceFolder}/.venv/bin/python', args: ['--config', '${workspaceFolder}/phi.toml'], ...where },
       probe(),
     );
-    assert.deepEqual([found.command, found.args], ['/src/app/.venv/bin/python', ['-m', 'phi_lsp', '--config', '/src/app/phi.toml']]);
+    assert.deepEqual([found.command, found.args], ['/src/app/.venv/bin/python', ['-P', '-m', 'phi_lsp', '--config', '/src/app/phi.toml']]);
   });
 
   it('which() finds executables only', () => {
@@ -153,10 +155,102 @@ describe('status bar', () => {
     assert.match(present({ state: 'something-new' }).text, /something-new/);
   });
 
+  it('names the backend URL once when the message already says it', () => {
+    const ready = present({ state: 'ready', message: 'Using http://h:8000/v1', model: 'm', url: 'http://h:8000/v1' });
+    assert.equal(ready.tooltip.split('http://h:8000/v1').length - 1, 1, ready.tooltip);
+    assert.match(present({ state: 'ready', url: 'http://h:8000/v1' }).tooltip, /Backend: http:\/\/h:8000\/v1/);
+  });
+
   it('checks the phi/status shape', () => {
     assert.ok(isPhiStatus({ state: 'ready', message: '', model: 'm', url: 'u' }));
     assert.ok(!isPhiStatus({ state: 3 }));
     assert.ok(!isPhiStatus(null));
     assert.ok(!isPhiStatus({ state: 'ready', model: 5 }));
+  });
+});
+
+describe('saves made before the client forwards them', () => {
+  it('keeps each file once, latest save last, and forgets them when taken', () => {
+    const pending = new PendingSaves();
+    pending.add('file:///a.py', 'A1');
+    pending.add('file:///b.py', 'B');
+    pending.add('file:///a.py', 'A2');
+    assert.equal(pending.size, 2);
+    assert.deepEqual(pending.take(), ['B', 'A2']);
+    assert.deepEqual(pending.take(), []);
+  });
+});
+
+describe('saves made before the extension was activated', () => {
+  it('are the clean open files changed on disk since the extension host started', () => {
+    const mtimes = { '/w/old.py': 1000, '/w/saved.py': 5000, '/w/dirty.py': 6000 };
+    const docs = [
+      { key: 'old', uri: 'old', isDirty: false, path: '/w/old.py' },
+      { key: 'saved', uri: 'saved', isDirty: false, path: '/w/saved.py' },
+      { key: 'dirty', uri: 'dirty', isDirty: true, path: '/w/dirty.py' },
+      { key: 'gone', uri: 'gone', isDirty: false, path: '/w/gone.py' },
+    ];
+    const found = savedBeforeActivation(docs, (p) => mtimes[p], 4000);
+    assert.deepEqual(found.map((d) => d.key), ['saved']);
+  });
+});
+
+describe('a closable output channel', () => {
+  it('drops writes after close() instead of throwing "Channel has been closed"', () => {
+    const lines = [];
+    let disposed = 0;
+    const real = {
+      name: 'x',
+      logLevel: 3,
+      appendLine(text) {
+        if (disposed) throw new Error('Channel has been closed');
+        lines.push(text);
+      },
+      info(text) { this.appendLine(`[info] ${text}`); },
+      dispose() { disposed += 1; },
+    };
+    const { channel, close } = closable(real);
+    channel.info('before');
+    channel.dispose(); // a client disposing what it was given does not close it
+    channel.appendLine('still open');
+    close();
+    close();
+    channel.info('after');
+    channel.appendLine('after');
+    assert.deepEqual(lines, ['[info] before', 'still open']);
+    assert.equal(disposed, 1);
+    assert.equal(channel.logLevel, 3);
+  });
+});
+
+describe('the trace channel', () => {
+  function emitter() {
+    const listeners = [];
+    return {
+      event: (f) => { listeners.push(f); return { dispose() {} }; },
+      fire: (v) => listeners.forEach((f) => f(v)),
+      dispose() {},
+    };
+  }
+
+  it('is at Trace level whenever phiLsp.trace.server is on, so the client traces, and writes plainly', () => {
+    let setting = 'messages';
+    const lines = [];
+    const out = { name: 'phi-lsp (trace)', appendLine: (l) => lines.push(l), append() {}, replace() {}, clear() {}, show() {}, hide() {}, dispose() {} };
+    const levels = [];
+    const trace = new TraceChannel(out, () => setting, emitter(), () => new Date('2026-01-01T10:00:00.250Z'));
+    trace.onDidChangeLogLevel((level) => levels.push(level));
+    assert.equal(trace.logLevel, LOG_LEVEL.Trace);
+    trace.trace("Sending request 'initialize - (0)'.");
+    assert.deepEqual(lines, ["[10:00:00.250] Sending request 'initialize - (0)'."]);
+    setting = 'off';
+    trace.settingChanged();
+    assert.equal(trace.logLevel, LOG_LEVEL.Off);
+    trace.trace('not shown');
+    trace.settingChanged(); // unchanged: no event
+    setting = 'verbose';
+    trace.settingChanged();
+    assert.deepEqual(levels, [LOG_LEVEL.Off, LOG_LEVEL.Trace]);
+    assert.equal(lines.length, 1);
   });
 });

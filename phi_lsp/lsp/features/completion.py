@@ -56,7 +56,8 @@ class CompletionFeature(Feature):
         self._edits: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._latest: dict[tuple[str, str], asyncio.Task] = {}
         self._shown: OrderedDict[str, dict] = OrderedDict()
-        self.counts = {"shown": 0, "shownRequests": 0, "accepted": 0, "partiallyAccepted": 0, "rejected": 0, "stale": 0}
+        self.counts = {"shown": 0, "shownRequests": 0, "displayed": 0, "accepted": 0, "partiallyAccepted": 0,
+                       "rejected": 0, "stale": 0}
         # The feedback store hooks in here (phi_lsp/feedback_feature.py): "shown" once per
         # request that showed something, then "accepted", "partiallyAccepted", "rejected".
         self.on_feedback = lambda event, info: None
@@ -79,6 +80,20 @@ class CompletionFeature(Feature):
         @server.command("phi.rejectCompletion")
         def reject(ls, *args):
             return self.record("rejected", args)
+
+        # Copilot-style clients say what they showed and how much of it was taken, with the
+        # item they got (its command carries our { id }); counted like phi.acceptCompletion.
+        @server.feature("textDocument/didShowCompletion")
+        def did_show(ls, params):
+            suggestion_id = _item_id(params)
+            if suggestion_id is not None and suggestion_id in self._shown:
+                self.counts["displayed"] += 1
+
+        @server.feature("textDocument/didPartiallyAcceptCompletion")
+        def did_partially_accept(ls, params):
+            suggestion_id, length = _item_id(params), _field(params, "acceptedLength")
+            if suggestion_id is not None and isinstance(length, int) and not isinstance(length, bool):
+                self.record("accepted", ({"id": suggestion_id, "acceptedChars": length},))
 
         @server.command("phi.debug.lastPrompt")
         def last_prompt(ls, *args):
@@ -303,6 +318,21 @@ class CompletionFeature(Feature):
 
     async def shutdown(self) -> None:
         await self.service.aclose()
+
+
+def _field(value, name: str):
+    """A field of untyped notification params (a dict, or an object from the JSON-RPC layer)."""
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+
+def _item_id(params) -> str | None:
+    """The suggestion id in `{ item: { command: { arguments: [ { id } ] } } }`."""
+    arguments = _field(_field(_field(params, "item"), "command"), "arguments")
+    if not isinstance(arguments, (list, tuple)) or not arguments:
+        return None
+    first = arguments[0]
+    suggestion_id = first if isinstance(first, str) else _field(first, "id")
+    return str(suggestion_id) if suggestion_id else None
 
 
 def _accept_command(suggestion_id: str) -> types.Command:

@@ -49,6 +49,9 @@ local defaults = {
   --- meaning (so accept = "<Tab>" works), except Alt keys, which then do nothing.
   keymaps = {
     accept = "<M-l>",
+    --- Accept the next word / the next line of the suggestion (as copilot.vim's keys).
+    accept_word = "<M-Right>",
+    accept_line = "<M-C-Right>",
     dismiss = "<C-]>",
     trigger = "<M-\\>",
     next = "<M-]>",
@@ -263,6 +266,18 @@ function M.accept(bufnr)
   return false
 end
 
+--- Accept the next "word" or "line" of the suggestion shown in `bufnr` (Neovim 0.11 ghost text;
+--- with Neovim's own inline completion the whole suggestion). False when none is shown.
+function M.accept_partial(unit, bufnr)
+  bufnr = bufnr or api.nvim_get_current_buf()
+  if modes[bufnr] == "inline" then
+    return M.accept(bufnr)
+  elseif modes[bufnr] == "completion" then
+    return require("phi_lsp.suggest").accept_partial(bufnr, unit)
+  end
+  return false
+end
+
 --- Hide the shown suggestion (and tell the server it was rejected). False when none was shown.
 function M.dismiss(bufnr)
   bufnr = bufnr or api.nvim_get_current_buf()
@@ -309,6 +324,12 @@ local function map_keys(bufnr)
     end, { buffer = bufnr, expr = true, silent = true, desc = "phi-lsp: " .. desc })
   end
   imap(keys.accept, M.accept, "accept the suggestion")
+  imap(keys.accept_word, function(b)
+    return M.accept_partial("word", b)
+  end, "accept the next word of the suggestion")
+  imap(keys.accept_line, function(b)
+    return M.accept_partial("line", b)
+  end, "accept the next line of the suggestion")
   imap(keys.dismiss, M.dismiss, "dismiss the suggestion")
   imap(keys.trigger, M.trigger, "ask for a suggestion now")
   imap(keys.next, function(b)

@@ -27,6 +27,7 @@ local INVOKED = 1 -- lsp.CompletionTriggerKind.Invoked
 --- @field index integer      which one is shown
 --- @field anchor? table      { tick, row, col } where they were asked for
 --- @field shown boolean
+--- @field partial? table    { id, chars } of a suggestion partly accepted, told to the server when it is left
 
 local states = {} --- @type table<integer, phi_lsp.SuggestState>
 local typed_through -- defined below
@@ -41,11 +42,27 @@ local function stop_timer(st)
   end
 end
 
+--- A suggestion partly accepted (next word, next line) and then left is reported once, as
+--- phi.acceptCompletion with acceptedChars: the server records it as "partiallyAccepted".
+local function report_partial(st, bufnr)
+  local partial = st.partial
+  st.partial = nil
+  local client = partial and vim.lsp.get_client_by_id(st.client_id)
+  if client and partial.command then
+    local command = vim.deepcopy(partial.command)
+    command.arguments = { { id = partial.id, acceptedChars = partial.chars } }
+    client:exec_cmd(command, { bufnr = bufnr })
+  end
+end
+
 local function hide(st, bufnr)
   if api.nvim_buf_is_valid(bufnr) then
     api.nvim_buf_clear_namespace(bufnr, ns, 0, -1)
   end
   st.shown = false
+  if st.partial then -- hidden means left: the rest of a partly accepted suggestion is not taken
+    report_partial(st, bufnr)
+  end
 end
 
 local function cancel(st)
@@ -147,6 +164,7 @@ local function show(st, bufnr)
     return false
   end
   local lines = vim.split(rest, "\n", { plain = true })
+  -- Several candidates: "(i/n)" after the suggestion says which one this is.
   local hint = #st.items > 1 and (" (%d/%d)"):format(st.index, #st.items) or nil
   local virt_lines = {}
   for i = 2, #lines do
@@ -290,8 +308,11 @@ function M.accept(bufnr)
       return
     end
     cancel(st)
-    hide(st, bufnr)
+    if st.partial and st.partial.id == s.id then
+      st.partial = nil -- the rest taken too: a whole accept, which the item's command reports
+    end
     st.items = nil
+    hide(st, bufnr)
     local lines = vim.split(s.text, "\n", { plain = true })
     api.nvim_buf_set_text(bufnr, s.srow, s.scol, s.erow, s.ecol, lines)
     local win = vim.fn.bufwinid(bufnr)
@@ -314,6 +335,67 @@ function M.accept(bufnr)
   return true
 end
 
+--- The next piece of `rest` for a partial accept: "word" (spaces, then a run of word characters
+--- or of other non-space characters) or "line" (up to the end of the line; at a line break, the
+--- break and the next line).
+local function next_piece(rest, unit)
+  if unit == "line" then
+    local head = rest:match("^[^\n]+")
+    return head or rest:match("^\n[^\n]*")
+  end
+  return rest:match("^%s*[%w_]+") or rest:match("^%s*[^%w_%s]+") or rest:match("^%s+")
+end
+
+--- Insert the next word or line of the shown suggestion and keep showing the rest. The server
+--- hears of it once the suggestion is left (phi.acceptCompletion with acceptedChars, a partial
+--- accept) or taken whole. Returns false when nothing is shown.
+function M.accept_partial(bufnr, unit)
+  local st = states[bufnr]
+  local s = M.current(bufnr)
+  if not s then
+    return false
+  end
+  local row, col = cursor_of(bufnr)
+  local rest = row and ghost_text(s, bufnr, row, col)
+  if not rest or s.erow ~= row - 1 or s.ecol ~= col then
+    return M.accept(bufnr) -- the edit reaches past the cursor: only the whole of it fits
+  end
+  local piece = next_piece(rest, unit)
+  if not piece or piece == rest then
+    return M.accept(bufnr)
+  end
+  local anchor = st.anchor
+  vim.schedule(function()
+    if states[bufnr] ~= st or api.nvim_buf_get_changedtick(bufnr) ~= anchor.tick then
+      return
+    end
+    cancel(st)
+    local lines = vim.split(piece, "\n", { plain = true })
+    api.nvim_buf_set_text(bufnr, row - 1, col, row - 1, col, lines)
+    local nrow = row - 1 + #lines
+    local ncol = (#lines == 1 and col or 0) + #lines[#lines]
+    local win = vim.fn.bufwinid(bufnr)
+    if win ~= -1 then
+      api.nvim_win_set_cursor(win, { nrow, ncol })
+    end
+    local before = st.partial and st.partial.id == s.id and st.partial.chars or 0
+    st.partial = { id = s.id, command = s.command, chars = before + vim.fn.strchars(piece) }
+    -- The rest, as a suggestion that starts at the cursor now.
+    local remaining = vim.deepcopy(s)
+    remaining.text = rest:sub(#piece + 1)
+    remaining.srow, remaining.scol, remaining.erow, remaining.ecol = nrow - 1, ncol, nrow - 1, ncol
+    st.items, st.index = { remaining }, 1
+    st.anchor = { tick = api.nvim_buf_get_changedtick(bufnr), row = nrow, col = ncol }
+    show(st, bufnr)
+    api.nvim_exec_autocmds("User", {
+      pattern = "PhiPartialAccept",
+      modeline = false,
+      data = { bufnr = bufnr, text = piece, id = s.id, accepted_chars = st.partial.chars, unit = unit },
+    })
+  end)
+  return true
+end
+
 local function server_has_command(client, name)
   local provider = client.server_capabilities.executeCommandProvider
   return type(provider) == "table" and vim.list_contains(provider.commands or {}, name)
@@ -327,6 +409,7 @@ function M.dismiss(bufnr, explicit)
     return false
   end
   local s = M.current(bufnr)
+  local partly = s and st.partial and st.partial.id == s.id -- reported as a partial accept by hide()
   cancel(st)
   hide(st, bufnr)
   st.items = nil
@@ -334,7 +417,7 @@ function M.dismiss(bufnr, explicit)
     return false
   end
   local client = vim.lsp.get_client_by_id(st.client_id)
-  if explicit and s.id and client and server_has_command(client, "phi.rejectCompletion") then
+  if explicit and not partly and s.id and client and server_has_command(client, "phi.rejectCompletion") then
     client:exec_cmd({ title = "Reject", command = "phi.rejectCompletion", arguments = { { id = s.id } } }, { bufnr = bufnr })
   end
   return true
