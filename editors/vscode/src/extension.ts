@@ -286,8 +286,13 @@ class Controller implements vscode.Disposable {
       traceOutputChannel: this.trace as unknown as vscode.LogOutputChannel,
       revealOutputChannelOn: RevealOutputChannelOn.Never,
       diagnosticCollectionName: REVIEW_SOURCE,
-      // A function, so that a restart sends the settings as they are then.
-      initializationOptions: () => this.tracker.initializationOptions(),
+      // A function, so that a restart sends the settings as they are then. VS Code's workspace
+      // trust goes with them: the server lets a trusted workspace's pyproject.toml choose the
+      // backend (the extension runs in trusted workspaces only; see package.json).
+      initializationOptions: () => ({
+        ...this.tracker.initializationOptions(),
+        workspaceTrusted: vscode.workspace.isTrusted,
+      }),
       middleware: {
         // VS Code shows phi-lsp's suggestions as inline ghost text; the textDocument/completion
         // fallback (for editors without inline completion) would only repeat them in the
