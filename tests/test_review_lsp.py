@@ -186,7 +186,7 @@ async def test_review_command_code_actions_and_workspace_progress(model_client: 
     reports = [r for token, rs in model_client.progress_reports.items() for r in rs]
     kinds = [type(r).__name__ for r in reports]
     assert "WorkDoneProgressBegin" in kinds and "WorkDoneProgressEnd" in kinds
-    begin = next(r for r in reports if isinstance(r, types.WorkDoneProgressBegin) and "workspace" in r.title)
+    begin = next(r for r in reports if isinstance(r, types.WorkDoneProgressBegin) and "reviewing the workspace" in r.title)
     assert begin.cancellable is True
     other = (model_client.workspace / "other.py").as_uri()
     assert other in model_client.diagnostics  # published for a file that is not open
@@ -237,7 +237,7 @@ async def test_cancelling_the_workspace_progress_stops_the_review(vscode_client:
             await vscode_client.wait_for_notification("$/progress")
             for token, reports in vscode_client.progress_reports.items():
                 if any(isinstance(r, types.WorkDoneProgressReport) for r in reports) and any(
-                        isinstance(r, types.WorkDoneProgressBegin) and "workspace" in r.title for r in reports):
+                        isinstance(r, types.WorkDoneProgressBegin) and "reviewing the workspace" in r.title for r in reports):
                     return token
 
     token = await asyncio.wait_for(progress_token(), REVIEW_TIMEOUT_S)

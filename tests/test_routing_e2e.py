@@ -249,7 +249,13 @@ async def test_invoked_completion_escalates_counted_in_stats_and_feedback_lands_
     rejected = await command(client, "phi.rejectCompletion", {"id": second.items[0].command.arguments[0]["id"]})
     assert rejected["recorded"] == "rejected"
 
-    events = feedback_rows("SELECT kind, event, model, variant, accepted_chars, text FROM events ORDER BY id")
+    # Events are written a moment after the answers (never on the completion path): wait for it.
+    query = "SELECT kind, event, model, variant, accepted_chars, text FROM events ORDER BY id"
+    for _ in range(100):
+        events = feedback_rows(query) if (Path(STATE_HOME) / "phi-lsp" / "feedback.sqlite3").exists() else []
+        if any(e[1] == "rejected" for e in events):
+            break
+        await asyncio.sleep(0.1)
     assert ("routing", "escalated", LARGE, "default", None, None) in events
     completion_events = [e for e in events if e[0] == "completion"]
     assert [e[1] for e in completion_events if e[1] != "shown"] == ["partiallyAccepted", "rejected"]
