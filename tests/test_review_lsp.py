@@ -13,10 +13,10 @@ import asyncio
 import pytest
 import pytest_lsp
 from lsprotocol import types
-from pytest_lsp import ClientServerConfig, LanguageClient
+from pytest_lsp import LanguageClient
 
 from phi_lsp.review.prompts import CATEGORIES
-from tests.conftest import SERVER_COMMAND, initialize, settings
+from tests.conftest import CONFIG, initialize, settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -217,7 +217,7 @@ async def test_dead_backend_never_crashes_and_says_so_once(client: LanguageClien
     assert not actions
 
 
-@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER_COMMAND))
+@pytest_lsp.fixture(config=CONFIG)
 async def vscode_client(lsp_client: LanguageClient, tmp_path, vllm_url):
     """One editor profile is enough for what does not depend on the position encoding."""
     await initialize(lsp_client, tmp_path, settings(vllm_url, **{"review.batchSize": 8}))
