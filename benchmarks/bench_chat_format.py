@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from phi_lsp.completion.prompts import SYSTEM  # noqa: E402
 from phi_lsp.core import chat_template  # noqa: E402
 from phi_lsp.model.backend import Backend  # noqa: E402
-from phi_lsp.model.chat_formats import learn  # noqa: E402
+from phi_lsp.model.chat_format_discovery import learn  # noqa: E402
 
 
 def _median_us(fn, runs: int) -> float:

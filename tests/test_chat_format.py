@@ -19,7 +19,7 @@ from phi_lsp.core.settings import CompletionSettings
 from phi_lsp.core.tokens import TokenCounter
 from phi_lsp.model.backend import Backend, BackendRequestError
 from phi_lsp.model.batching import Batcher
-from phi_lsp.model.chat_formats import ChatFormats, LearningFailed, learn
+from phi_lsp.model.chat_format_discovery import ChatFormats, LearningFailed, learn
 
 GOLDEN = Path(__file__).parent / "golden" / "chat_templates"
 NAMES = ("phi-3-mini-4k-instruct", "phi-3.5-mini-instruct", "phi-4-mini-instruct", "phi-4")

@@ -105,7 +105,7 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
 
 async def _check_chat_formats(settings, backend: Backend, say, problems: list[str]) -> None:
     """Which chat format the models with chat prompts get; the built-in fallback is a problem."""
-    from phi_lsp.model.chat_formats import ChatFormats
+    from phi_lsp.model.chat_format_discovery import ChatFormats
 
     formats = ChatFormats()
     modes = {"completion": settings.completion.prompt_mode, "review": "auto"}

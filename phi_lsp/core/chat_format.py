@@ -1,7 +1,7 @@
 """Chat prompts in the served model's own format (pure: no files, no network).
 
 phi-lsp renders chat prompts itself so that many of them share one list-of-prompts request to
-/v1/completions. The format is the model's own, found once per model (phi_lsp/model/chat_formats.py):
+/v1/completions. The format is the model's own, found once per model (phi_lsp/model/chat_format_discovery.py):
 - its chat template on disk (phi_lsp/core/chat_template.py renders it with jinja2 as transformers does);
 - else the shape learned from its vLLM server: the server renders a probe conversation whose
   contents are sentinels (/tokenize with `messages`, then /detokenize), and the text around them

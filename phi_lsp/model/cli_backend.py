@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 from phi_lsp.core.chat_format import ChatRenderer
 from phi_lsp.core.paths import state_dir
 from phi_lsp.model.backend import Backend
-from phi_lsp.model.chat_formats import ChatFormats
+from phi_lsp.model.chat_format_discovery import ChatFormats
 from phi_lsp.core.settings import SettingsManager
 from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
 from phi_lsp.model.session import SessionKeys

@@ -25,7 +25,7 @@ from typing import Callable
 
 from phi_lsp.core.chat_format import ChatRenderer
 from phi_lsp.model.backend import Backend, BackendError, Health
-from phi_lsp.model.chat_formats import ChatFormats
+from phi_lsp.model.chat_format_discovery import ChatFormats
 from phi_lsp.model.batching import Batcher
 from phi_lsp.core.settings import Settings
 from phi_lsp.model.endpoints import Endpoints, EndpointSpec, ModelBackend, ModelBatcher
