@@ -446,7 +446,8 @@ class CompletionService:
                      low_confidence: list[int] | None = None) -> list[Suggestion]:
         kept: list[Suggestion] = []
         for index, choice in enumerate(choices):
-            outcome = postprocess.postprocess(choice, plan.info, not plan.single_line, min_confidence, plan.prompt.echo)
+            outcome = postprocess.postprocess(choice, plan.info, not plan.single_line, min_confidence, plan.prompt.echo,
+                                              plan.prompt.heal)
             if outcome.text is None:
                 self.stats.dropped[outcome.reason] = self.stats.dropped.get(outcome.reason, 0) + 1
                 if outcome.reason == "low-confidence" and low_confidence is not None:

@@ -89,6 +89,25 @@ def test_raw_prompt_uses_the_training_format():
     assert "\n" in p.stop and "<|endoftext|>" in p.stop
 
 
+def test_raw_prompts_leave_trailing_whitespace_to_the_model():
+    """Token healing: a prompt never ends in the middle of a whitespace token."""
+    fresh_line = "def add(a, b):\n    "
+    ctx = build_context(snapshot_of(fresh_line), len(fresh_line), 500, COUNTER, "m.py")
+    p = prompts.render(ctx, prompts.RAW, single_line=False)
+    assert p.text.endswith("def add(a, b):") and p.heal == "\n    "
+    assert "\n" not in p.stop  # the answer starts with the line break
+    # Where the answer must stay on the line, its indentation stays in the prompt.
+    kept = prompts.render(ctx, prompts.RAW, single_line=True)
+    assert kept.text.endswith("def add(a, b):\n    ") and kept.heal == ""
+    after_code = "total = "
+    ctx = build_context(snapshot_of(after_code), len(after_code), 500, COUNTER, "m.py")
+    p = prompts.render(ctx, prompts.RAW, single_line=True)
+    assert p.text.endswith("total =") and p.heal == " "
+    # A prompt variant that ends at the cursor is healed the same way; chat prompts never are.
+    assert prompts.render(ctx, prompts.RAW, True, template="{comment} file: {path}\n{prefix}").heal == " "
+    assert prompts.render(ctx, prompts.CHAT, True).heal == ""
+
+
 def test_chat_prompts_are_in_the_models_own_format():
     ctx = build_context(snapshot_of("x = 1\ny = "), 10, 500, COUNTER, "m.py")
     phi3 = prompts.render(ctx, prompts.CHAT, single_line=True, chat=golden("phi-3-mini-4k-instruct"))

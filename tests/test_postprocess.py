@@ -31,7 +31,8 @@ def test_golden(case):
     info = info_for(case)
     choice = Choice(case["output"], "stop", case.get("tokens"), case.get("logprobs"))
     multiline = postprocess.is_multiline_position(info)
-    outcome = postprocess.postprocess(choice, info, multiline, case.get("min_confidence", 0.0), case.get("echo", ""))
+    outcome = postprocess.postprocess(choice, info, multiline, case.get("min_confidence", 0.0), case.get("echo", ""),
+                                      case.get("heal", ""))
     assert outcome.text == case.get("expected"), (outcome.reason, outcome.changed_by)
 
 
