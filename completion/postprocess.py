@@ -109,22 +109,12 @@ def clean_with_offset(text: str, echo: str = "") -> tuple[str, int]:
     return text, start
 
 
-def unheal(text: str, heal: str) -> tuple[str, int] | None:
-    """The answer without the whitespace that was left out of the prompt (token healing,
-    completion/prompts.py), and how many characters went; None when the answer does not start
-    where the cursor is (a fresh line at another indentation, or the previous line continued)."""
-    if not heal:
-        return text, 0
-    if "\n" not in heal:  # spaces after code on the cursor's line
-        return (text[len(heal):], len(heal)) if text.startswith(heal) else (text, 0)
-    lead = text[: len(text) - len(text.lstrip())]
-    if "\n" not in lead:
-        return None
-    # Blank lines first are fine (the cursor's line is blank already); the code's indentation
-    # must be the cursor's.
-    if lead.rsplit("\n", 1)[1] != heal.rsplit("\n", 1)[1].replace("\r", ""):
-        return None
-    return text[len(lead):], len(lead)
+def unheal(text: str, heal: str) -> tuple[str, int]:
+    """The answer without the space that was left out of the prompt (token healing,
+    completion/prompts.py), and how many characters went."""
+    if heal and text.startswith(heal):
+        return text[len(heal):], len(heal)
+    return text, 0
 
 
 def shape(text: str, info: CursorInfo, multiline: bool) -> str:
@@ -308,11 +298,8 @@ def postprocess(
     text, start = clean_with_offset(choice.text, echo)
     if text != choice.text:
         outcome.changed_by.append("clean")
-    healed = unheal(text, heal)
-    if healed is None:
-        outcome.reason = "indentation"
-        return outcome
-    text, start = healed[0], start + healed[1]
+    text, healed = unheal(text, heal)
+    start += healed
     steps = (
         ("shape", lambda t: shape(t, info, multiline)),
         ("suffix", lambda t: drop_suffix_overlap(t, info)),

@@ -9,12 +9,14 @@ Phi models are not FIM-trained and vLLM rejects `suffix`, so the prompt is rende
   phi_lsp/core/chat_format.py), stopping at its end-of-turn token.
 `auto` picks by the served model's name.
 
-Token healing (raw prompts): a prompt that ends in whitespace ends in a token the model has
-rarely seen there. Byte-level BPE tokenizers glue a line's indentation to the newline before it
-(`"\n" + 7 spaces`, then `" return"`), so a prompt ending in a fresh line's indentation, or in
-the space after `x =`, asks the model to continue from the middle of a token. The trailing
-whitespace is left out of the prompt (`Prompt.heal`), the model writes it itself, and
-post-processing takes it off the answer again (`postprocess.unheal`).
+Token healing (raw prompts): tokenizers of the GPT-2 lineage (Phi-4's tiktoken, this project's
+test model) and SentencePiece ones (Phi-3's) join a word to the one space before it: a line
+`        return x` is a line break with 7 spaces, then ` return`. A prompt that ends after the
+8th space ends in a token the model has rarely seen there, and what it writes next is poor (on a
+fresh line it never got a whole line right: benchmarks/bench_quality.py). So one trailing space
+is left out of the prompt (`Prompt.heal`): the prompt ends on the token the model was trained
+on, the model writes ` return x`, and post-processing takes the space off again
+(`postprocess.unheal`).
 
 Order matters for vLLM's prefix cache: what changes least comes first (instructions, other files'
 definitions, recent edits, then the current file), so consecutive prompts share a long prefix.
@@ -73,8 +75,8 @@ class Prompt:
     echo: str = ""
     stop_token_ids: tuple[int, ...] = ()
     chat: tuple[str, str] | None = None  # (system, user) of a chat prompt
-    # Whitespace before the cursor left out of the prompt's end (token healing): the answer is
-    # expected to start with it (or, for a fresh line, with a line break and that indentation).
+    # A space before the cursor left out of the prompt's end (token healing): the answer is
+    # expected to start with it.
     heal: str = ""
 
 
@@ -137,7 +139,7 @@ def _render_template(ctx: CompletionContext, prompt_family: str, single_line: bo
     if prompt_family == RAW:
         heal = ""
         if body.endswith(values["prefix"]):  # the template ends at the cursor
-            body, heal = _healed(body, single_line)
+            body, heal = _healed(body)
         return Prompt(body, RAW, _raw_stops(ctx, single_line), heal=heal)
     scope = "the rest of the current line only" if single_line else "the current statement or block"
     return _chat_prompt(ctx, single_line, chat, body + f"Write the code for {HOLE} ({scope}).")
@@ -166,7 +168,7 @@ def _render_raw(ctx: CompletionContext, single_line: bool) -> Prompt:
         pieces.append(_file_header(ctx.comment, snippet.path) + snippet.text.rstrip("\n") + f"\n{END_OF_TEXT}\n")
     pieces.append(_file_header(ctx.comment, ctx.path))
     pieces.append(_current_file_head(ctx))
-    text, heal = _healed("".join(pieces), single_line)
+    text, heal = _healed("".join(pieces))
     return Prompt(text, RAW, _raw_stops(ctx, single_line), heal=heal)
 
 
@@ -177,19 +179,11 @@ def _raw_stops(ctx: CompletionContext, single_line: bool) -> tuple[str, ...]:
     return tuple(stop)
 
 
-def _healed(text: str, single_line: bool) -> tuple[str, str]:
-    """(the prompt without its trailing whitespace, that whitespace). On a line with nothing
-    but indentation before the cursor the line break goes too, so the model starts the new line
-    itself, with the token it was trained on; not when the answer must stay on this line (its
-    stop sequence is the line break)."""
-    line_start = text.rfind("\n") + 1
-    if text[line_start:].strip():
-        kept = text.rstrip(" \t")  # spaces after code on the cursor's line
-    elif single_line:
-        kept = text  # only indentation, and the answer must stay on this line
-    else:
-        kept = text.rstrip()
-    return kept, text[len(kept):]
+def _healed(text: str) -> tuple[str, str]:
+    """(the prompt, less a trailing space that belongs to the next word; that space)."""
+    if text.endswith(" "):
+        return text[:-1], " "
+    return text, ""
 
 
 def _render_chat(ctx: CompletionContext, single_line: bool, chat: ChatRenderer) -> Prompt:

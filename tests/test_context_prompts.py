@@ -89,21 +89,24 @@ def test_raw_prompt_uses_the_training_format():
     assert "\n" in p.stop and "<|endoftext|>" in p.stop
 
 
-def test_raw_prompts_leave_trailing_whitespace_to_the_model():
-    """Token healing: a prompt never ends in the middle of a whitespace token."""
+def test_raw_prompts_leave_the_space_before_a_word_to_the_model():
+    """Token healing: the prompt ends on the token the model was trained on (a line break and
+    all the indentation but its last space, which belongs to the next word)."""
     fresh_line = "def add(a, b):\n    "
     ctx = build_context(snapshot_of(fresh_line), len(fresh_line), 500, COUNTER, "m.py")
-    p = prompts.render(ctx, prompts.RAW, single_line=False)
-    assert p.text.endswith("def add(a, b):") and p.heal == "\n    "
-    assert "\n" not in p.stop  # the answer starts with the line break
-    # Where the answer must stay on the line, its indentation stays in the prompt.
-    kept = prompts.render(ctx, prompts.RAW, single_line=True)
-    assert kept.text.endswith("def add(a, b):\n    ") and kept.heal == ""
+    for single_line in (False, True):
+        p = prompts.render(ctx, prompts.RAW, single_line=single_line)
+        assert p.text.endswith("def add(a, b):\n   ") and p.heal == " "
     after_code = "total = "
     ctx = build_context(snapshot_of(after_code), len(after_code), 500, COUNTER, "m.py")
     p = prompts.render(ctx, prompts.RAW, single_line=True)
     assert p.text.endswith("total =") and p.heal == " "
+    # Nothing to heal after a word, or with tabs (a tab is a token of its own).
+    for text in ("total", "if x:\n\t"):
+        ctx = build_context(snapshot_of(text), len(text), 500, COUNTER, "m.py")
+        assert prompts.render(ctx, prompts.RAW, single_line=False).heal == ""
     # A prompt variant that ends at the cursor is healed the same way; chat prompts never are.
+    ctx = build_context(snapshot_of(after_code), len(after_code), 500, COUNTER, "m.py")
     assert prompts.render(ctx, prompts.RAW, True, template="{comment} file: {path}\n{prefix}").heal == " "
     assert prompts.render(ctx, prompts.CHAT, True).heal == ""
 
