@@ -7,7 +7,10 @@ Prints figures; asserts nothing.
    inlineCompletion request, the previous one cancelled, as VS Code does): backend requests, and
    suggestions delivered for a position that had moved on.
    Then typing through a shown suggestion: share of requests answered without a new backend request.
-3. Batching: 16 simultaneous completion requests on 16 documents vs the same 16 one by one.
+3. Batching: 16 simultaneous completion requests on 16 documents vs the same 16 one by one,
+   with session keys (the default: a request holds one document's prompts, so that a router
+   keeps each document on one replica) and without (`backend.sessionHeader = ""`: documents
+   share requests), side by side.
 
     .venv/bin/python benchmarks/bench_completion.py [--backend-url http://127.0.0.1:8000/v1]
 """
@@ -183,9 +186,11 @@ async def bench_type_through(url: str, root: Path, rounds: int) -> None:
     print(f"  answered without backend  : {served_without_backend} ({served_without_backend / max(total, 1):.0%})   (goal >= 90%)")
 
 
-async def bench_batching(url: str, root: Path, documents: int, context_tokens: int | None = None) -> float:
+async def bench_batching(url: str, root: Path, documents: int, context_tokens: int | None = None,
+                         session_keys: bool = True) -> float:
     settings = {"debounceMs": 0} | ({"contextTokens": context_tokens} if context_tokens else {})
-    async with editor(url, root, **settings) as ed:
+    backend = {} if session_keys else {"sessionHeader": ""}
+    async with editor(url, root, backend=backend, **settings) as ed:
         points = cut_points(documents * 2 + 2)
         warm = ed.open("warm.py", points[0][1])
         await ed.inline(warm, invoked=False)
@@ -209,7 +214,8 @@ async def bench_batching(url: str, root: Path, documents: int, context_tokens: i
         return f"{requests} HTTP requests, {tokens:.0f} prompt tokens per document"
 
     budget = context_tokens or "default"
-    print(f"Batching: {documents} completion requests on {documents} documents (completion.contextTokens {budget})")
+    keys = "session keys: one document per request" if session_keys else 'backend.sessionHeader = "": documents share requests'
+    print(f"Batching: {documents} completion requests on {documents} documents (completion.contextTokens {budget}; {keys})")
     print(f"  one by one                : {sequential:.2f} s, {sent(s0, s1)}")
     print(f"  simultaneously            : {concurrent:.2f} s, {sent(s1, s2)}")
     print(f"  throughput ratio          : {sequential / concurrent:.1f}x   (goal >= 4x)")
@@ -257,10 +263,12 @@ async def main() -> None:
                 # Prefill is compute: on a CPU it costs the same batched or not, so the ratio
                 # is bounded by the share of the time that decoding takes. Measured with the
                 # default context and with a short one (decode-dominated, as on a GPU).
-                await bench_batching(url, root / "batching", 16)
+                for keys in (True, False):
+                    await bench_batching(url, root / f"batching-{keys}", 16, session_keys=keys)
                 await bench_vllm_ceiling(url, 16, context_chars=4000)
                 print()
-                await bench_batching(url, root / "batching-short", 16, context_tokens=128)
+                for keys in (True, False):
+                    await bench_batching(url, root / f"batching-short-{keys}", 16, context_tokens=128, session_keys=keys)
                 await bench_vllm_ceiling(url, 16, context_chars=400)
 
 

@@ -10,7 +10,9 @@ The server is asked for an automatic completion (completion.minConfidence 0, so 
 and its confidence come back), and the suggestion's first line is compared with the removed text:
 exact match, and precision (exact among the shown). The reference is raw prefix continuation sent
 straight to vLLM: the file's text before the cursor, cut at a line start to as many characters as
-the server's prompt for that line had, under a `# file:` header, greedy, one line.
+the server's prompt for that line had, under a `# file:` header, greedy, one line; and the same
+with the server's token healing (a trailing space left to the model), which separates what the
+context adds from what healing adds.
 
 Then, per completion.minConfidence threshold, the share of lines that would be shown and the
 share of shown suggestions that are exactly right (the README's default comes from this table).
@@ -213,8 +215,11 @@ async def run_config(url: str, root: Path, samples: list[Sample], sources: list[
     return scores
 
 
-async def raw_reference(url: str, folder: Path, samples: list[Sample], chars: list[int], mode: str) -> Scores:
-    """Raw prefix continuation straight to vLLM, each prompt as long as the server's was."""
+async def raw_reference(url: str, folder: Path, samples: list[Sample], chars: list[int], mode: str,
+                        heal: bool = False) -> Scores:
+    """Raw prefix continuation straight to vLLM, each prompt as long as the server's was; with
+    `heal`, a trailing space left to the model and taken off its answer, as the server does
+    (completion/prompts.py), so that what remains between the two is the context."""
     import httpx
 
     scores = Scores()
@@ -228,11 +233,14 @@ async def raw_reference(url: str, folder: Path, samples: list[Sample], chars: li
             if len(before) > keep:
                 start = before.find("\n", len(before) - keep)
                 before = before[start + 1 :] if start >= 0 else before[-keep:]
+            prompt = header + before
+            healed = heal and prompt.endswith(" ")
             async with gate:
                 answer = await client.post(f"{url}/completions", json={
-                    "model": MODEL, "prompt": header + before, "max_tokens": 48, "temperature": 0,
+                    "model": MODEL, "prompt": prompt[:-1] if healed else prompt, "max_tokens": 48, "temperature": 0,
                     "stop": ["\n", "<|endoftext|>"]})
-            return sample, truth, answer.json()["choices"][0]["text"]
+            text = answer.json()["choices"][0]["text"]
+            return sample, truth, text[1:] if healed and text.startswith(" ") else text
 
         answers = await asyncio.gather(*(one(s, b) for s, b in zip(samples, chars)))
         for sample, truth, text in answers:
@@ -288,13 +296,15 @@ async def main() -> None:
                     print(f"(done: {mode} {name})", file=sys.stderr, flush=True)
                 default = results[CONFIGS[0][0]]
                 results["raw prefix to vLLM (same chars)"] = await raw_reference(url, folder, samples, default.prompt_chars, mode)
+                results["  the same, healed"] = await raw_reference(url, folder, samples, default.prompt_chars, mode, heal=True)
                 where = "cursor after the first token" if mode == "token" else "whole line removed, cursor after the indentation"
                 print_table(f"Line completion, {mode} mode ({where}) on {', '.join(PACKAGES)}: {n} lines, "
                             f"prompt budget {args.budget} tokens, greedy, through the LSP", results, n)
                 print_thresholds(default, n)
                 print(f"  phi-lsp outcomes: {default.reasons}")
-                raw = results["raw prefix to vLLM (same chars)"]
-                print(f"  phi-lsp vs raw prefix: exact {100 * (default.exact - raw.exact) / n:+.1f} points; "
+                raw, healed = results["raw prefix to vLLM (same chars)"], results["  the same, healed"]
+                print(f"  phi-lsp vs raw prefix: exact {100 * (default.exact - raw.exact) / n:+.1f} points "
+                      f"({100 * (default.exact - healed.exact) / n:+.1f} against the healed one); "
                       f"mean prompt {sum(default.prompt_chars) / n:.0f} chars", flush=True)
 
 

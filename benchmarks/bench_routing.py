@@ -16,7 +16,9 @@ Prints:
    asking for a completion after every chunk: time, answers, and the prefix-cache hit rate from
    the replicas' own /metrics (`vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total`)
    with the router's `consistent_hash` policy (keyed by phi-lsp's X-Session-ID), `cache_aware`
-   and `round_robin`. The router runs with the fast-failover flags of docs/DEPLOY.md.
+   and `round_robin`. The router runs with the fast-failover flags of docs/DEPLOY.md. Each
+   replica's compute threads get a core of their own (VLLM_CPU_OMP_THREADS_BIND); with `--old
+   CHECKOUT`, that checkout's phi-lsp (its own balancer over both replicas, no router) runs too.
 3. The same with `consistent_hash`, one replica SIGKILLed a third of the way in: requests sent,
    answered, errors and warnings the editors saw, phi-lsp's retries (goal: none lost).
 
@@ -197,8 +199,11 @@ CACHE = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "vll
 
 
 @contextlib.asynccontextmanager
-async def fleet_editor(url: str, root: Path) -> AsyncIterator[tuple[Editor, list[str]]]:
-    """A phi-lsp session as an editor has it, with the warnings it shows the user."""
+async def fleet_editor(url: str, root: Path, old_code: Path | None = None,
+                       endpoints: list[str] = ()) -> AsyncIterator[tuple[Editor, list[str]]]:
+    """A phi-lsp session as an editor has it, with the warnings it shows the user. With
+    `old_code` the server is that checkout's (started from it, so its packages win) and balances
+    over `endpoints` itself: the in-process balancer phi-lsp had before vllm-router."""
     from pygls.lsp.client import LanguageClient
 
     client = LanguageClient("bench", "1")
@@ -209,9 +214,10 @@ async def fleet_editor(url: str, root: Path) -> AsyncIterator[tuple[Editor, list
         if params.type in (types.MessageType.Error, types.MessageType.Warning):
             shown.append(params.message)
 
-    await client.start_io(sys.executable, "-m", "phi_lsp")
+    await client.start_io(sys.executable, "-m", "phi_lsp", cwd=str(old_code) if old_code else None)
+    backend = {"url": url} if not endpoints else {"endpoints": [{"url": u, "models": [MODEL]} for u in endpoints]}
     settings = {
-        "backend": {"url": url, "requestTimeoutMs": 120_000},
+        "backend": {**backend, "requestTimeoutMs": 120_000},
         "completion": {"model": MODEL, "promptMode": "raw", "minConfidence": 0.0, "debounceMs": 0,
                        "maxTokens": 16, "timeoutMs": 120_000},
         "review": {"model": MODEL, "onSave": False},
@@ -227,7 +233,8 @@ async def fleet_editor(url: str, root: Path) -> AsyncIterator[tuple[Editor, list
         await close(client)
 
 
-async def drive_editors(url: str, editors: int, docs, tag: str, on_answer=None) -> dict:
+async def drive_editors(url: str, editors: int, docs, tag: str, on_answer=None, old_code: Path | None = None,
+                        endpoints: list[str] = ()) -> dict:
     """`editors` phi-lsp servers, each typing through its share of `docs` concurrently and
     asking for a completion after every chunk."""
     counts = {"sent": 0, "answered": 0, "empty": 0, "errors": 0}
@@ -237,7 +244,7 @@ async def drive_editors(url: str, editors: int, docs, tag: str, on_answer=None) 
 
     async def one_editor(number: int) -> None:
         mine = docs[number::editors]
-        async with fleet_editor(url, base / f"editor{number}") as (ed, shown):
+        async with fleet_editor(url, base / f"editor{number}", old_code, endpoints) as (ed, shown):
 
             async def one_document(name: str, chunks: list[str]) -> None:
                 uri = ed.open(f"{tag}_{number}_{name}.py", chunks[0])
@@ -300,6 +307,25 @@ async def policy_run(replicas: list, policy: str, editors: int, docs, tag: str, 
     return result
 
 
+async def balancer_run(replicas: list, editors: int, docs, tag: str, old_code: Path) -> dict:
+    """The old code's own balancer (document affinity, least-loaded) over the same replicas,
+    no router in front; per-replica requests from the replicas' own counters."""
+    roots = [r.root for r in replicas]
+    before = [await metric_totals(root, CACHE) for root in roots]
+    result = await drive_editors("", editors, docs, tag, old_code=old_code, endpoints=[f"{r}/v1" for r in roots])
+    after = [await metric_totals(root, CACHE) for root in roots]
+    hits = sum(a[CACHE[0]] - b.get(CACHE[0], 0) for a, b in zip(after, before) if a)
+    queries = sum(a[CACHE[1]] - b.get(CACHE[1], 0) for a, b in zip(after, before) if a)
+    result.update(
+        policy="old: in-process",
+        hit_rate=hits / queries if queries else 0.0,
+        per_replica=[int(a.get(CACHE[2], 0) - b.get(CACHE[2], 0)) for a, b in zip(after, before)],
+        router_retries=0,
+        cache_complete=all(after),
+    )
+    return result
+
+
 async def _text(url: str) -> str:
     try:
         async with httpx.AsyncClient(timeout=10) as client:
@@ -316,11 +342,23 @@ class Replica:
         self.root, self.stop, self.kill = root, stop, kill
 
     @classmethod
-    async def vllm(cls) -> "Replica":
+    async def vllm(cls, cores: str | None = None) -> "Replica":
+        """A vLLM replica; `cores` ("0", "1", ...) pins its compute threads. vLLM's CPU build
+        binds every replica to the same cores by default (all but one kept for its front-end),
+        so two replicas on one machine would take turns on one core."""
         from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
 
         server = ManagedVllm(ModelChoice(str(model_dir()), MODEL), max_model_len=2048, start_timeout_s=1_200)
-        url = await server.start()
+        saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+        if cores is not None:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cores  # the child's environment is copied at start
+        try:
+            url = await server.start()
+        finally:
+            if saved is None:
+                os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+            else:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
 
         def kill() -> None:
             os.killpg(server.process.pid, signal.SIGKILL)
@@ -339,7 +377,7 @@ class Replica:
         return cls(worker.url, stop, worker.kill)
 
 
-async def part_fleet(replicas: list, editors: int, count: int, steps: int, logs: Path) -> bool:
+async def part_fleet(replicas: list, editors: int, count: int, steps: int, logs: Path, old_code: Path | None) -> bool:
     docs = documents(count, steps)
     requests = sum(len(c) for _, c in docs)
     print(f"\n2. {editors} editors (a phi-lsp each), {len(docs)} documents typed through concurrently, "
@@ -349,6 +387,8 @@ async def part_fleet(replicas: list, editors: int, count: int, steps: int, logs:
     rows = []
     for policy in ("consistent_hash", "cache_aware", "round_robin"):
         rows.append(await policy_run(replicas, policy, editors, docs, policy.replace("_", ""), logs))
+    if old_code is not None:
+        rows.append(await balancer_run(replicas, editors, docs, "old", old_code))
     print(f"   {'policy':<16} {'seconds':>7} {'req/s':>6} {'answered':>9} {'prefix-cache hits':>17}  requests per replica")
     for r in rows:
         print(f"   {r['policy']:<16} {r['seconds']:>7.1f} {r['answered'] / r['seconds']:>6.2f} "
@@ -384,6 +424,9 @@ async def main() -> int:
     parser.add_argument("--steps", type=int, default=5, help="completions per document in parts 2 and 3")
     parser.add_argument("--fake-workers", action="store_true",
                         help="parts 2 and 3 against two fake workers (tests/fake_worker.py) instead of vLLMs")
+    parser.add_argument("--old", type=Path, metavar="CHECKOUT",
+                        help="part 2 also runs this checkout's phi-lsp (before vllm-router: its own balancer "
+                             "over both replicas, no router), side by side")
     parser.add_argument("--review-min-confidence", type=float, default=RoutingSettings().review_min_confidence)
     args = parser.parse_args()
     quiet_client_logs()
@@ -408,15 +451,24 @@ async def main() -> int:
             replicas = [await Replica.fake(name, logs) for name in ("a", "b")]
         else:
             print("(starting two vLLM replicas of phi-code-tiny ...)", file=sys.stderr, flush=True)
-            started_or_not = await asyncio.gather(Replica.vllm(), Replica.vllm(), return_exceptions=True)
+            # One after the other: each is started with its own core binding in the environment.
+            cores = [str(i % (os.cpu_count() or 1)) for i in range(2)] if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ else [None, None]
+            started_or_not = []
+            for core in cores:
+                try:
+                    started_or_not.append(await Replica.vllm(core))
+                except Exception as exc:  # noqa: BLE001 (said below)
+                    started_or_not.append(exc)
             replicas = [r for r in started_or_not if isinstance(r, Replica)]
             if len(replicas) < 2:  # stop the one that did start; say why the other did not
                 await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
                 raise next(r for r in started_or_not if isinstance(r, BaseException))
         print(f"(replicas ready in {time.monotonic() - started:.0f} s: {', '.join(r.root for r in replicas)}; "
               f"logs in {logs})", file=sys.stderr, flush=True)
+        if not args.fake_workers:
+            print(f"   (replicas' compute threads on cores {' and '.join(c or 'vLLM default' for c in cores)})")
         try:
-            ok &= await part_fleet(replicas, args.editors, args.documents, args.steps, logs)
+            ok &= await part_fleet(replicas, args.editors, args.documents, args.steps, logs, args.old)
         finally:
             await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
         print(f"   ({os.cpu_count()} CPU cores shared by both replicas, the router and {args.editors} phi-lsp servers"

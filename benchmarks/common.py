@@ -106,11 +106,13 @@ class Editor:
 
 
 @contextlib.asynccontextmanager
-async def editor(url: str, root: Path, **completion) -> AsyncIterator[Editor]:
+async def editor(url: str, root: Path, backend: dict | None = None, **completion) -> AsyncIterator[Editor]:
+    """A phi-lsp server driven as an editor drives it; `completion` (and `backend`) settings
+    on top of the benchmarks' defaults."""
     client = LanguageClient("bench", "1")
     await client.start_io(sys.executable, "-m", "phi_lsp")
     settings = {
-        "backend": {"url": url},
+        "backend": {"url": url, **(backend or {})},
         "completion": {"model": MODEL, "promptMode": "raw", "minConfidence": 0.0, **completion},
         "review": {"model": MODEL, "onSave": False},
     }
