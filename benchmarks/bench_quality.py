@@ -140,6 +140,7 @@ class Scores:
     answers: list = field(default_factory=list)
     prompt_chars: list = field(default_factory=list)  # per sample, for the raw reference
     reasons: dict = field(default_factory=dict)  # why nothing was shown (or "shown")
+    right: list = field(default_factory=list)  # per sample, exact or not (for paired comparisons)
 
 
 def result_reason(last: dict | None, suggestion: str) -> str:
@@ -195,6 +196,7 @@ async def run_config(url: str, root: Path, samples: list[Sample], sources: list[
                 if errors(with_it) > errors(text):
                     scores.syntax_added += 1
             scores.exact += predicted == truth
+            scores.right.append(predicted == truth)
             scores.similarity += difflib.SequenceMatcher(None, predicted, truth).ratio() if predicted else 0.0
             if sample.cross_file_names:
                 scores.recall_cases += 1
@@ -250,6 +252,7 @@ async def raw_reference(url: str, folder: Path, samples: list[Sample], chars: li
                 scores.shown += 1
                 scores.answers.append((1.0, predicted == truth))
             scores.exact += predicted == truth
+            scores.right.append(predicted == truth)
             scores.similarity += difflib.SequenceMatcher(None, predicted, truth).ratio() if predicted else 0.0
     return scores
 
@@ -306,6 +309,10 @@ async def main() -> None:
                 print(f"  phi-lsp vs raw prefix: exact {100 * (default.exact - raw.exact) / n:+.1f} points "
                       f"({100 * (default.exact - healed.exact) / n:+.1f} against the healed one); "
                       f"mean prompt {sum(default.prompt_chars) / n:.0f} chars", flush=True)
+                for name, other in (("raw", raw), ("healed raw", healed)):
+                    only_ours = sum(a and not b for a, b in zip(default.right, other.right))
+                    only_theirs = sum(b and not a for a, b in zip(default.right, other.right))
+                    print(f"  paired, lines exactly right: phi-lsp only {only_ours}, {name} only {only_theirs}")
 
 
 if __name__ == "__main__":
