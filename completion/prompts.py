@@ -138,7 +138,7 @@ def _render_template(ctx: CompletionContext, prompt_family: str, single_line: bo
     body = fill(template, values)
     if prompt_family == RAW:
         heal = ""
-        if body.endswith(values["prefix"]):  # the template ends at the cursor
+        if values["prefix"] and body.endswith(values["prefix"]):  # the template ends at the cursor
             body, heal = _healed(body)
         return Prompt(body, RAW, _raw_stops(ctx, single_line), heal=heal)
     scope = "the rest of the current line only" if single_line else "the current statement or block"
