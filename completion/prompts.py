@@ -12,8 +12,8 @@ Phi models are not FIM-trained and vLLM rejects `suffix`, so the prompt is rende
 Token healing (raw prompts): tokenizers of the GPT-2 lineage (Phi-4's tiktoken, this project's
 test model) and SentencePiece ones (Phi-3's) join a word to the one space before it: a line
 `        return x` is a line break with 7 spaces, then ` return`. A prompt that ends after the
-8th space ends in a token the model has rarely seen there, and what it writes next is poor (on a
-fresh line it never got a whole line right: benchmarks/bench_quality.py). So one trailing space
+8th space ends in a token the model has rarely seen there, and what it writes next is poor (raw
+prefix continuation got none of 200 fresh lines right: benchmarks/bench_quality.py). So one trailing space
 is left out of the prompt (`Prompt.heal`): the prompt ends on the token the model was trained
 on, the model writes ` return x`, and post-processing takes the space off again
 (`postprocess.unheal`).
