@@ -452,7 +452,9 @@ async def main() -> int:
         else:
             print("(starting two vLLM replicas of phi-code-tiny ...)", file=sys.stderr, flush=True)
             # One after the other: each is started with its own core binding in the environment.
-            cores = [str(i % (os.cpu_count() or 1)) for i in range(2)] if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ else [None, None]
+            cores: list[str | None] = [None, None]  # a binding the user set is kept
+            if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+                cores = [str(i % (os.cpu_count() or 1)) for i in range(2)]
             started_or_not = []
             for core in cores:
                 try:
