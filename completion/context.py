@@ -36,6 +36,8 @@ NEAR_CURSOR_BYTES = 1200  # where to look for names whose definitions may help
 MAX_DEFINITIONS = 32
 FULL_STUBS = 4  # definitions shown with docstring, fields and __init__; the rest as headers
 LINE_WINDOW_BYTES = 8192  # of the cursor's own line, each side of the cursor
+BOUNDARY_SEARCH_LINES = 64  # how far past the snapped line a window start may move to begin a statement
+STATEMENT_DEPTH = 16  # levels above a line's first token where its statement may start
 # Most of the budget is the prefix's: it is what every model uses. The other sources take at
 # most these shares, and only as much as they need.
 # Per prompt family, from benchmarks/bench_context.py (definition recall per symbols share) and
@@ -149,7 +151,7 @@ def build_context(
     line_suffix = _decode(source[cursor : min(line_end, cursor + LINE_WINDOW_BYTES)]).rstrip("\r")
 
     shares = shares or DEFAULT_SHARES
-    remaining = budget
+    remaining = budget - _header_cost(display_path, counter)  # the current file's header
     used: list[str] = ["prefix"]
     # The other sources take their shares first; the prefix takes the rest (less what the
     # preamble of imports and enclosing headers needs).
@@ -182,14 +184,14 @@ def build_context(
             if len(definitions) >= MAX_DEFINITIONS or share < 8:
                 break
         for path, text in _render_definitions(definitions, stubs, display):
-            remaining -= counter.count(text) + 8
+            remaining -= counter.count(text) + _header_cost(path, counter)
             snippets.append(Snippet(path, text, "definitions"))
         if snippets:
             used.append("symbols")
     if sources.recent and recent:
         share = int(budget * shares["recent"])
         for snippet in recent:
-            cost = counter.count(snippet.text) + 8
+            cost = counter.count(snippet.text) + _header_cost(snippet.path, counter)
             if cost > share:
                 continue
             share -= cost
@@ -206,7 +208,7 @@ def build_context(
         query = _decode(source[max(0, query_start + 1) : cursor])
         for chunk, _score in index.chunks.similar(query, file_path, boost=recent_paths):
             text = _chunk_text(chunk.path, chunk.start_line, chunk.end_line)
-            cost = counter.count_lines(text) + 8
+            cost = counter.count_lines(text) + _header_cost(display(chunk.path), counter)
             if not text.strip() or cost > share:
                 continue
             share -= cost
@@ -247,9 +249,9 @@ def build_context(
 
     prefix_bytes_start, prefix_tokens = window(remaining)
     if align:
-        # The preamble's shares are reserved from the prefix, but only as much as it needs.
-        unbounded = 1 << 30
-        wanted = unbounded - preamble_for(prefix_bytes_start, unbounded)[2]
+        # The preamble's shares are reserved from the prefix, but only as much as it needs
+        # (and may take: a long import block gets its share, not all of its length).
+        wanted = remaining - preamble_for(prefix_bytes_start, remaining)[2]
         if wanted > remaining - prefix_tokens:
             prefix_bytes_start, prefix_tokens = window(remaining - wanted)
     window_start_line = source.count(b"\n", 0, prefix_bytes_start)
@@ -273,6 +275,12 @@ def build_context(
     )
     context.tokens = budget - remaining
     return context
+
+
+def _header_cost(path: str, counter: TokenCounter) -> int:
+    """Tokens of what introduces a file in a prompt: its `# file: path` line, and the separator
+    or elision mark around it (a few tokens, counted high)."""
+    return counter.count(path) + 8
 
 
 def _chunk_text(path: str, start: int, end: int) -> str:
@@ -300,49 +308,89 @@ def _fit(items: list[str], remaining: int, share: int, counter: TokenCounter) ->
 def _prefix_window(
     source: bytes, line_start: int, cursor: int, budget: int, counter: TokenCounter, tree=None
 ) -> tuple[int, int]:
-    """(byte offset where the prefix window starts, its tokens): a line start, snapped to
-    WINDOW_STEP lines so it stays put while the user types, and (given the tree) moved to the
-    next statement boundary of the enclosing scope, so that the scope's header followed by the
-    window reads like real code with some statements left out."""
+    """(byte offset where the prefix window starts, its tokens): a line start within the budget,
+    snapped to WINDOW_STEP lines so it stays put while the user types, and (given the tree) where
+    a statement starts, so that the preamble's headers followed by the window read like real
+    code with some statements left out."""
     if cursor <= budget:  # every token is at least one byte: it all fits
         return 0, counter.count_lines(_decode(source[:cursor]))
-    # Estimate how far back the budget reaches, then snap forward to a stable line.
-    estimate = int(budget * 3.5)
-    start = source.rfind(b"\n", 0, max(0, cursor - estimate)) + 1
-    cursor_line = source.count(b"\n", 0, cursor)
-    start_line = source.count(b"\n", 0, start)
-    snapped_line = min(-(-start_line // WINDOW_STEP) * WINDOW_STEP, cursor_line)
-    start = _line_offset(source, snapped_line, start)
-    if tree is not None:
-        start = min(_statement_boundary(tree, source, start, cursor), line_start)
-    tokens = counter.count_lines(_decode(source[start:cursor]))
-    while tokens > budget and start < line_start:
-        # Too long still (dense code): move forward one step of lines.
-        target = source.count(b"\n", 0, start) + WINDOW_STEP
-        start = min(_line_offset(source, min(target, cursor_line), start), line_start)
-        tokens = counter.count_lines(_decode(source[start:cursor]))
-    if tokens > budget:
-        # One enormous line (minified code): keep its tail only.
+    earliest = _earliest_start(source, line_start, cursor, budget, counter)
+    if earliest is None:
+        # The cursor's line alone is over the budget (minified code): keep its tail only.
         start = max(line_start, cursor - budget * 3)
-        tokens = counter.count(_decode(source[start:cursor]))
-    return start, tokens
+        return start, counter.count(_decode(source[start:cursor]))
+    earliest_line = source.count(b"\n", 0, earliest)
+    cursor_line = source.count(b"\n", 0, cursor)
+    snapped_line = min(-(-earliest_line // WINDOW_STEP) * WINDOW_STEP, cursor_line)
+    start = _line_offset(source, snapped_line, earliest)
+    if tree is not None:
+        start = min(_statement_boundary(tree, source, earliest, start, line_start), line_start)
+    return start, counter.count_lines(_decode(source[start:cursor]))
 
 
-def _statement_boundary(tree, source: bytes, start: int, cursor: int) -> int:
-    """The line start of the first statement at or after `start` in the innermost scope that
-    holds the cursor and begins before `start` (the module if none does)."""
-    node = tree.root_node.named_descendant_for_byte_range(max(0, cursor - 1), cursor)
-    container = tree.root_node
-    for node in syntax.ancestors(tree.root_node, node):
-        if node.start_byte < start and node.end_byte >= cursor and node.type in _BODY_TYPES:
-            container = node
+def _earliest_start(source: bytes, line_start: int, cursor: int, budget: int, counter: TokenCounter) -> int | None:
+    """The earliest line start from which the text up to the cursor fits in `budget` tokens
+    (None when the cursor's own line does not): counted back a line at a time, each line's count
+    cached, so this costs a lookup per line of the window, not a pass of the tokenizer."""
+    used = counter.count_lines(_decode(source[line_start:cursor]))
+    if used > budget:
+        return None
+    start = line_start
+    first = _decode(source[line_start:cursor])  # the window's first line
+    while start > 0:
+        previous_start = source.rfind(b"\n", 0, start - 1) + 1
+        previous = _decode(source[previous_start : start - 1])
+        # What the window costs more with `previous` in front (the old first line is counted
+        # with its line break now).
+        more = counter.count_lines(previous + "\n" + first) - counter.count_lines(first)
+        if used + more > budget:
             break
-    for child in container.named_children:
-        if child.start_byte >= start:
-            return source.rfind(b"\n", 0, child.start_byte) + 1
-        if child.end_byte >= cursor:
-            break  # the cursor's own statement starts before `start`: keep the line cut
+        used += more
+        start, first = previous_start, previous
     return start
+
+
+def _statement_boundary(tree, source: bytes, earliest: int, preferred: int, line_start: int) -> int:
+    """A window start where a statement begins (not inside a multi-line expression, not between
+    a decorator and its definition): the last such line start from `preferred` (the snapped
+    line) back to `earliest` (as far back as the budget reaches), else the first after
+    `preferred` and before the cursor's line; `preferred` itself when there is none nearby."""
+    offset = preferred
+    while offset >= earliest:
+        if _begins_statement(tree.root_node, source, offset):
+            return offset
+        if offset == 0:
+            break
+        offset = source.rfind(b"\n", 0, offset - 1) + 1
+    offset = preferred
+    for _ in range(BOUNDARY_SEARCH_LINES):
+        offset = source.find(b"\n", offset, line_start) + 1
+        if offset <= 0 or offset >= line_start:
+            break
+        if _begins_statement(tree.root_node, source, offset):
+            return offset
+    return preferred
+
+
+def _begins_statement(root: Node, source: bytes, line_start: int) -> bool:
+    """Whether a statement (a child of a block or of the file) starts on the line at `line_start`."""
+    head = source[line_start : line_start + 1024].split(b"\n", 1)[0]  # enough for any indentation
+    if not head.strip():
+        return False  # a blank line
+    first = line_start + len(head) - len(head.lstrip())
+    node = root.descendant_for_byte_range(first, first)
+    # A few levels up at most: a statement is near the first token of its line, and a hostile
+    # chain of nodes all starting there (`a.b.c...` thousands deep) must not cost more.
+    for _ in range(STATEMENT_DEPTH):
+        if node is None or node.start_byte != first or node == root:
+            break
+        parent = node.parent
+        if parent is None:
+            break
+        if node.is_named and (parent == root or parent.type in _BODY_TYPES):
+            return True
+        node = parent
+    return False
 
 
 # Nodes whose children are statements (a function's or class's body, a module).

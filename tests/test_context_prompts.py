@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from phi_lsp.completion import context as context_module
 from phi_lsp.completion import prompts
 from phi_lsp.completion.context import Snippet, Sources, build_context, names_near
 from phi_lsp.core import syntax
@@ -62,6 +65,35 @@ def test_window_start_is_stable_while_typing():
     a = build_context(snap1, len(BIG.encode()), 300, COUNTER, "x")
     b = build_context(snap2, len(more.encode()), 300, COUNTER, "x")
     assert a.window_start_line == b.window_start_line
+
+
+def _long_methods(count: int, lines: int) -> str:
+    body = "".join(f"        total_{j} = compute(\n            value,\n            {j},\n        )\n" for j in range(lines))
+    return "".join(f"    def method_{i}(self, value):\n{body}        return total_0\n\n" for i in range(count))
+
+
+LONG_CLASS = "import os\n\n\nclass Big:\n" + _long_methods(12, 10) + "    def last(self):\n        result = self.method_1(3)\n        "
+
+
+def test_line_counts_stay_close_to_the_tokenizers_and_never_under():
+    """The window is cut by the line-cached count: under it, the prompt would overflow; over it,
+    budget is left unused (counting each line with its trailing break was 11% over)."""
+    text = Path(context_module.__file__).read_text(encoding="utf-8")
+    exact, by_lines = COUNTER.count(text), COUNTER.count_lines(text)
+    assert exact <= by_lines <= exact * 1.05
+
+
+def test_the_window_fills_the_budget_from_where_a_statement_starts():
+    """Deep in the last of many long methods, the window reaches back as far as the budget goes
+    (into the methods before, not only to the current one's header), and its first line starts
+    a statement: not the inside of a call, not between a decorator and its function."""
+    for budget in (256, 384, 512, 768):
+        for typed in range(0, 40, 7):
+            text = LONG_CLASS + "x" * typed
+            ctx = build_context(snapshot_of(text), len(text.encode()), budget, COUNTER, "pkg/app.py")
+            assert budget * 0.75 <= ctx.tokens <= budget, (budget, typed, ctx.tokens)
+            first = ctx.prefix.split("\n", 1)[0]
+            assert first.lstrip().startswith(("def ", "total_", "return ")), first
 
 
 def test_definitions_from_other_files_are_in_the_context(tmp_path):
