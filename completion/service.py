@@ -33,7 +33,7 @@ from phi_lsp.core import syntax
 from phi_lsp.core.chat_format import ChatRenderer
 from phi_lsp.model.backend import Backend, BackendError, Choice, Sampling
 from phi_lsp.model.batching import Batcher
-from phi_lsp.core.settings import CompletionSettings
+from phi_lsp.core.settings import DEMO_MODEL, CompletionSettings
 from phi_lsp.core.documents import Snapshot
 from phi_lsp.model.escalation import Router, completion_reason
 from phi_lsp.core.symbols import SymbolIndex
@@ -51,6 +51,11 @@ CANCEL_GRACE_S = 0.25  # an abandoned in-flight request waits this long for a ta
 PREFETCH_CONFIDENCE = 0.5  # automatic completions prefetch the next line only when this sure
 PREFETCH_WAIT_STEPS = 20  # x 50 ms: give up a prefetch if the model stays busy this long
 MAX_GROUPS = 2_000  # suggestion groups whose model/variant are remembered (for cache hits)
+# Prompt tokens a served model completes well with, where that is less than completion.contextTokens.
+# The bundled demo model's config says 2,048, but it was trained on shorter sequences: its loss
+# per token doubles past position ~1,300 (benchmarks/bench_positions.py), and with prompts of
+# 1,536 tokens whole-line exact match fell to 0.0% from 10.5% at 1,152 (bench_quality.py).
+PROMPT_TOKEN_LIMITS = {DEMO_MODEL: 1_152}
 
 
 @dataclass
@@ -340,7 +345,8 @@ class CompletionService:
 
     def _plan(self, request: Request, model: Model, settings: CompletionSettings, variant: str = prompts.DEFAULT_VARIANT) -> "Plan":
         snapshot = request.snapshot
-        budget = max(64, settings.context_tokens)
+        limit = PROMPT_TOKEN_LIMITS.get(model.served_name or model.name, settings.context_tokens)
+        budget = max(64, min(settings.context_tokens, limit))
         sources = Sources.named(settings.context_sources)
         family = prompts.family(model.served_name or model.name, settings.prompt_mode)
         template = settings.prompt_variants.get(variant)

@@ -132,3 +132,17 @@ async def test_copilot_style_show_and_partial_accept_notifications_are_counted(m
     assert after["displayed"] - before["displayed"] == 1
     assert after["partiallyAccepted"] - before["partiallyAccepted"] == 1
     assert after["accepted"] == before["accepted"]
+
+
+async def test_a_long_file_fills_the_demo_models_prompt_limit_not_more(model_client: LanguageClient):
+    """The test model completes well up to about 1,300 prompt tokens (its training length, not
+    its configured 2,048): at the default contextTokens (1,536) its prompts stop at 1,152, and
+    a long file fills them (the window is counted as the tokenizer counts)."""
+    from phi_lsp.core.tokens import TokenCounter
+
+    text = "".join(f"def helper_{i}(value):\n    return value + {i}\n\n\n" for i in range(600)) + "def main():\n    return"
+    uri = open_doc(model_client, model_client.workspace, "long_demo.py", text)
+    await inline(model_client, uri, end_of(text))
+    last = await model_client.workspace_execute_command_async(types.ExecuteCommandParams(command="phi.debug.lastPrompt"))
+    tokens = TokenCounter.for_model("phi-code-tiny").count(last["prompt"])
+    assert 1_000 <= tokens <= 1_152, tokens
