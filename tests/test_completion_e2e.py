@@ -8,6 +8,8 @@ import pytest
 from lsprotocol import types
 from pytest_lsp import LanguageClient
 
+from phi_lsp.core.tokens import TokenCounter
+
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
@@ -138,8 +140,6 @@ async def test_a_long_file_fills_the_demo_models_prompt_limit_not_more(model_cli
     """The test model completes well up to about 1,300 prompt tokens (its training length, not
     its configured 2,048): at the default contextTokens (1,536) its prompts stop at 1,152, and
     a long file fills them (the window is counted as the tokenizer counts)."""
-    from phi_lsp.core.tokens import TokenCounter
-
     text = "".join(f"def helper_{i}(value):\n    return value + {i}\n\n\n" for i in range(600)) + "def main():\n    return"
     uri = open_doc(model_client, model_client.workspace, "long_demo.py", text)
     await inline(model_client, uri, end_of(text))
