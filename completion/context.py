@@ -332,11 +332,11 @@ def _earliest_start(source: bytes, line_start: int, cursor: int, budget: int, co
     """The earliest line start from which the text up to the cursor fits in `budget` tokens
     (None when the cursor's own line does not): counted back a line at a time, each line's count
     cached, so this costs a lookup per line of the window, not a pass of the tokenizer."""
-    used = counter.count_lines(_decode(source[line_start:cursor]))
+    first = _decode(source[line_start:cursor])  # the window's first line
+    used = counter.count_lines(first)
     if used > budget:
         return None
     start = line_start
-    first = _decode(source[line_start:cursor])  # the window's first line
     while start > 0:
         previous_start = source.rfind(b"\n", 0, start - 1) + 1
         previous = _decode(source[previous_start : start - 1])
@@ -378,18 +378,15 @@ def _begins_statement(root: Node, source: bytes, line_start: int) -> bool:
     if not head.strip():
         return False  # a blank line
     first = line_start + len(head) - len(head.lstrip())
-    node = root.descendant_for_byte_range(first, first)
-    # A few levels up at most: a statement is near the first token of its line, and a hostile
-    # chain of nodes all starting there (`a.b.c...` thousands deep) must not cost more.
-    for _ in range(STATEMENT_DEPTH):
-        if node is None or node.start_byte != first or node == root:
-            break
-        parent = node.parent
-        if parent is None:
+    # The chain is walked down from the root once (Node.parent walks down on every call), and
+    # only a few levels up are looked at: a statement is near the first token of its line, and a
+    # hostile chain of nodes all starting there (`a.b.c...` thousands deep) must not cost more.
+    chain = syntax.ancestors(root, root.descendant_for_byte_range(first, first))
+    for node, parent in list(zip(chain, chain[1:]))[:STATEMENT_DEPTH]:
+        if node.start_byte != first:
             break
         if node.is_named and (parent == root or parent.type in _BODY_TYPES):
             return True
-        node = parent
     return False
 
 
