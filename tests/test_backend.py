@@ -132,3 +132,50 @@ async def test_an_answer_of_the_wrong_shape_is_garbage_and_an_outage():
         assert backend.stats.failures == 1 and backend.stats.prompt_tokens == 0
     finally:
         await backend.aclose()
+
+
+
+async def _serve_models(answer: bytes, gets: list) -> asyncio.Server:
+    """A server on a free port that answers every GET with `answer` (raw HTTP bytes, then it
+    closes; each is counted in `gets`) and closes every other request without a word."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET"):
+            gets.append(head)
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("models_answer", ["broken off", "not json", "fine"])
+async def test_a_probe_lets_requests_through_only_when_the_whole_answer_arrives(monkeypatch, models_answer):
+    """While down, a /models answer that breaks off halfway or is not JSON does not end the
+    outage: requests keep failing at once instead of each going to a server that will break
+    off under it too (seen in CI as a 1 s wait for a burst during the `half` fault)."""
+    from phi_lsp.model import backend as backend_module
+    from phi_lsp.model.backend import BackendError
+
+    monkeypatch.setattr(backend_module, "PROBE_INTERVAL_S", 0.01)
+    listing = b'{"object": "list", "data": [{"id": "' + MODEL_NAME.encode() + b'"}]}'
+    body = {"broken off": listing[:20], "not json": b"<html>oops</html>", "fine": listing}[models_answer]
+    length = len(listing) if models_answer == "broken off" else len(body)
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    probes: list = []
+    server = await _serve_models(head.encode() + body, probes)
+    port = server.sockets[0].getsockname()[1]
+    backend = Backend(f"http://127.0.0.1:{port}/v1", connect_timeout_s=0.5)
+    try:
+        with pytest.raises(BackendError):
+            await backend.complete(MODEL_NAME, ["x ="], GREEDY)
+        assert backend.health.down
+        for _ in range(500):  # the outage ends within a few probes, or never
+            if backend.health.accepting or len(probes) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.health.accepting == (models_answer == "fine")
+    finally:
+        await backend.aclose()
+        server.close()

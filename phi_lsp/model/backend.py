@@ -46,6 +46,7 @@ PROBE_INTERVAL_S = 0.5
 # An answer body larger than this is not read on (it would all be held in memory): a malformed
 # answer. A completion or review answer is a few kilobytes; /models, a few hundred bytes.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+MAX_PROBE_BYTES = 1024 * 1024  # a /models answer larger than this is no health answer
 MAX_PROBES = 8  # probe attempts in flight at once (each bounded by 2x the connect timeout)
 # One retry of a request that met a dying replica. vllm-router with `--health-check-interval-secs
 # 1 --cb-failure-threshold 1` stops sending there after the first failure; a longer wait only
@@ -429,14 +430,10 @@ class Backend:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
             raise BackendBadResponse(f"{self.url} answered {int(declared)} bytes, more than the {_mib(MAX_RESPONSE_BYTES)} allowed")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                raise BackendBadResponse(f"{self.url} answered more than the {_mib(MAX_RESPONSE_BYTES)} allowed")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        content = await _read_up_to(response, MAX_RESPONSE_BYTES)
+        if content is None:
+            raise BackendBadResponse(f"{self.url} answered more than the {_mib(MAX_RESPONSE_BYTES)} allowed")
+        return content
 
     async def _send(
         self, method: str, path: str, body: dict | None, total: float, headers: dict[str, str] | None,
@@ -527,18 +524,45 @@ class Backend:
         try:
             # httpx's read timeout is per read: the deadline also bounds a slow drip.
             async with asyncio.timeout(deadline):
-                # Only the status matters: the body is never read (it could be anything).
                 async with self._client.stream(
                     "GET", self.url + "/models", timeout=httpx.Timeout(deadline, connect=self._connect_timeout)
                 ) as response:
-                    pass
+                    content = await _read_up_to(response, MAX_PROBE_BYTES)
         except (httpx.HTTPError, OSError, TimeoutError):
             return
-        if response.status_code < 500 and response.status_code != 429 and self.health.down:
+        if self.health.down and _answers(response.status_code, content):
             if not self.health.probing_ok:
                 log.info("backend %s answers again", self.url)
             self.health.probing_ok = True
             self.health.retry_after = 0.0
+
+
+async def _read_up_to(response: "httpx.Response", limit: int) -> bytes | None:
+    """The whole body, or None past `limit` bytes (given up there, never held whole)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answers(status: int, content: bytes | None) -> bool:
+    """Whether a probe's answer shows a working server. The whole body must arrive: a server
+    whose answers break off halfway (or turn to garbage) is still down, and letting requests
+    through to it would only make the editor wait for each one to fail. A 4xx (a gateway with
+    no /models) still shows a server that answers; a 2xx must be JSON."""
+    if status >= 500 or status == 429 or content is None:
+        return False
+    if status >= 300:
+        return True
+    try:
+        json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def _short(exc: Exception) -> str:
