@@ -56,6 +56,9 @@ MAX_GROUPS = 2_000  # suggestion groups whose model/variant are remembered (for 
 # per token doubles past position ~1,300 (benchmarks/bench_positions.py), and with prompts of
 # 1,536 tokens whole-line exact match fell to 0.0% from 10.5% at 1,152 (bench_quality.py).
 PROMPT_TOKEN_LIMITS = {DEMO_MODEL: 1_152}
+# Room kept, besides the answer's completion.maxTokens, when the server's context length bounds
+# the prompt: the chat template's role markers, and the counting's small error (1.5% over).
+TEMPLATE_MARGIN = 32
 
 
 @dataclass
@@ -98,6 +101,8 @@ class Model:
     counter: TokenCounter
     served_name: str = ""  # what the server calls it, when `name` is an alias (prompt family)
     chat: ChatRenderer | None = None  # the model's chat format (None: the built-in shape)
+    # Tokens the server accepts for it, prompt and answer together (None: it does not say).
+    context_length: int | None = None
 
 
 @dataclass
@@ -345,10 +350,9 @@ class CompletionService:
 
     def _plan(self, request: Request, model: Model, settings: CompletionSettings, variant: str = prompts.DEFAULT_VARIANT) -> "Plan":
         snapshot = request.snapshot
-        limit = PROMPT_TOKEN_LIMITS.get(model.served_name or model.name, settings.context_tokens)
-        budget = max(64, min(settings.context_tokens, limit))
         sources = Sources.named(settings.context_sources)
         family = prompts.family(model.served_name or model.name, settings.prompt_mode)
+        budget = _context_budget(model, settings, family)
         template = settings.prompt_variants.get(variant)
         # Windows are cut from the document with its secrets masked as a whole: a key block
         # whose header lies above the window is masked all the same.
@@ -521,6 +525,19 @@ class CompletionService:
     async def aclose(self) -> None:
         for task in list(self._prefetching) + [f.task for f in self._in_flight.values()]:
             task.cancel()
+
+
+def _context_budget(model: Model, settings: CompletionSettings, family: str) -> int:
+    """The tokens the prompt's context may take: completion.contextTokens, within what the
+    model completes well (PROMPT_TOKEN_LIMITS) and what its server accepts with the answer
+    (a prompt past that is refused, so a contextTokens set too high would show nothing)."""
+    budget = min(settings.context_tokens, PROMPT_TOKEN_LIMITS.get(model.served_name or model.name, settings.context_tokens))
+    if model.context_length is not None:
+        fixed = settings.max_tokens + TEMPLATE_MARGIN
+        if family != prompts.RAW:
+            fixed += model.counter.count(prompts.SYSTEM)  # the system message is outside the budget
+        budget = min(budget, model.context_length - fixed)
+    return max(64, budget)
 
 
 def _we_are_cancelled() -> bool:

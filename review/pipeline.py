@@ -28,7 +28,7 @@ from phi_lsp.review import findings as F
 from phi_lsp.review.anchor import line_offsets, place_in_unit
 from phi_lsp.review.complexity import measure
 from phi_lsp.review.findings import Finding, Placed
-from phi_lsp.review.prompts import PromptContext, chat_messages, constraint, file_imports, render, resolve_mode, signatures_for, stop_sequences
+from phi_lsp.review.prompts import CONTEXT_TOKENS, PromptContext, chat_messages, constraint, file_imports, render, resolve_mode, signatures_for, stop_sequences
 from phi_lsp.review.units import Unit, extract_units
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class ReviewOptions:
     timeout_s: float = 180.0
     max_findings_per_file: int = 20
     chat: ChatRenderer | None = None  # the model's chat format (None: the built-in shape)
+    # Tokens the server accepts per request, prompt and answer (prompts stay within the
+    # smaller of this and prompts.CONTEXT_TOKENS).
+    context_tokens: int = CONTEXT_TOKENS
 
     @classmethod
     def from_settings(
@@ -271,7 +274,8 @@ class Reviewer:
                     state.cached += 1
                     continue
                 ctx = PromptContext(job.path, job.snapshot.language, imports, signatures_for(unit, lookup))
-                prompt = render(unit, ctx, options.mode, options.max_tokens, count_tokens, clean, options.chat)
+                prompt = render(unit, ctx, options.mode, options.max_tokens, count_tokens, clean, options.chat,
+                                options.context_tokens)
                 if prompt is None:
                     state.drops[F.TOO_LONG] += 1
                     continue
@@ -300,9 +304,11 @@ class Reviewer:
 
         def render_large(item: _Item) -> str | None:
             large = escalation.options
-            if large.mode == options.mode and large.max_tokens == options.max_tokens and large.chat is options.chat:
+            same = (large.mode, large.max_tokens, large.context_tokens) == (options.mode, options.max_tokens, options.context_tokens)
+            if same and large.chat is options.chat:
                 return item.prompt
-            return render(item.unit, item.ctx, large.mode, large.max_tokens, count_tokens, clean, large.chat)
+            return render(item.unit, item.ctx, large.mode, large.max_tokens, count_tokens, clean, large.chat,
+                          large.context_tokens)
 
         async def ask_small(items: list[_Item], may_escalate: bool) -> list[_Item]:
             """The small model's answers; returns the items that should escalate."""

@@ -300,14 +300,16 @@ def render(
     count_tokens: Callable[[str], int] | None = None,
     clean: Callable[[str], str] = lambda text: text,
     chat: ChatRenderer | None = None,
+    context_tokens: int = CONTEXT_TOKENS,
 ) -> str | None:
-    """The prompt for one unit, made to fit CONTEXT_TOKENS with room for the answer: context
-    is dropped first (signatures, then imports), then few-shot examples. None when even the
-    bare prompt does not fit (the unit is then counted as too long, never sent)."""
+    """The prompt for one unit, made to fit `context_tokens` (CONTEXT_TOKENS, or less where
+    the server accepts less) with room for the answer: context is dropped first (signatures,
+    then imports), then few-shot examples. None when even the bare prompt does not fit (the
+    unit is then counted as too long, never sent)."""
     count = count_tokens or estimate_tokens
     # A review.maxTokens above ~1,770 leaves a prompt no room in 2,048 tokens: it still gets 256
     # (models with larger contexts take it; the demo model then refuses the request).
-    budget = max(256, CONTEXT_TOKENS - max_tokens - 16)
+    budget = max(256, min(context_tokens, CONTEXT_TOKENS) - max_tokens - 16)
     ladder = [(True, True, 3), (True, False, 3), (False, False, 3), (False, False, 1)]
     for keep_imports, keep_signatures, examples in ladder:
         if mode == "raw":

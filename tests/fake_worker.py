@@ -2,7 +2,8 @@
 
 It answers what a router needs of a vLLM replica (`GET /health`, `GET /v1/models`,
 `POST /v1/completions`, `POST /v1/chat/completions`) and appends one JSON line per model request
-to `--log`: which worker answered it, the session header it carried, the prompts' count. The
+to `--log`: which worker answered it, the session header it carried, the prompts (their count
+and texts; a chat request's message texts joined). Its /v1/models says `--max-model-len`. The
 answers are canned (the text "pass"); what is tested is where requests go, not what they say.
 It runs as its own process so that a test can SIGKILL it, as a replica dies.
 
@@ -18,7 +19,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def make_handler(name: str, model: str, log_path: str, session_header: str):
+def make_handler(name: str, model: str, log_path: str, session_header: str, max_model_len: int = 2048):
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -40,7 +41,7 @@ def make_handler(name: str, model: str, log_path: str, session_header: str):
                 self._answer(200, {})
             elif self.path == "/v1/models":
                 self._answer(200, {"object": "list", "data": [
-                    {"id": model, "object": "model", "owned_by": "vllm", "max_model_len": 2048}
+                    {"id": model, "object": "model", "owned_by": "vllm", "max_model_len": max_model_len}
                 ]})
             elif self.path == "/metrics":
                 body = b"# fake worker: no metrics\n"
@@ -64,9 +65,13 @@ def make_handler(name: str, model: str, log_path: str, session_header: str):
                 return
             prompts = body.get("prompt", "")
             count = len(prompts) if isinstance(prompts, list) else 1
+            if self.path == "/v1/chat/completions":
+                texts = ["".join(str(m.get("content", "")) for m in body.get("messages", []))]
+            else:
+                texts = prompts if isinstance(prompts, list) else [prompts]
             n = int(body.get("n") or 1)
             record = {"worker": name, "path": self.path, "session": self.headers.get(session_header),
-                      "prompts": count, "at": time.time()}
+                      "prompts": count, "texts": texts, "at": time.time()}
             with lock, open(log_path, "a", encoding="utf-8") as log:
                 log.write(json.dumps(record) + "\n")
             usage = {"prompt_tokens": 10 * count, "completion_tokens": count * n, "total_tokens": 11 * count * n}
@@ -95,8 +100,10 @@ def main() -> None:
     parser.add_argument("--model", default="phi-code-tiny")
     parser.add_argument("--log", required=True)
     parser.add_argument("--session-header", default="X-Session-ID")
+    parser.add_argument("--max-model-len", type=int, default=2048)
     args = parser.parse_args()
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(args.name, args.model, args.log, args.session_header))
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(args.name, args.model, args.log, args.session_header,
+                                                                   args.max_model_len))
     server.daemon_threads = True
     print(f"fake worker {args.name} on {args.host}:{args.port}", flush=True)
     server.serve_forever()

@@ -72,10 +72,11 @@ class FakeWorker:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, name: str, log: Path, model: str = "phi-code-tiny") -> "FakeWorker":
+    def start(cls, name: str, log: Path, model: str = "phi-code-tiny", max_model_len: int = 2048) -> "FakeWorker":
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, str(FAKE_WORKER), "--port", str(port), "--name", name, "--model", model, "--log", str(log)],
+            [sys.executable, str(FAKE_WORKER), "--port", str(port), "--name", name, "--model", model, "--log", str(log),
+             "--max-model-len", str(max_model_len)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         worker = cls(name, port, log, process)

@@ -159,7 +159,7 @@ async def test_a_probe_lets_requests_through_only_when_the_whole_answer_arrives(
     from phi_lsp.model.backend import BackendError
 
     monkeypatch.setattr(backend_module, "PROBE_INTERVAL_S", 0.01)
-    listing = b'{"object": "list", "data": [{"id": "' + MODEL_NAME.encode() + b'"}]}'
+    listing = b'{"object": "list", "data": [{"id": "' + MODEL_NAME.encode() + b'", "max_model_len": 4096}]}'
     body = {"broken off": listing[:20], "not json": b"<html>oops</html>", "fine": listing}[models_answer]
     length = len(listing) if models_answer == "broken off" else len(body)
     head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
@@ -176,6 +176,35 @@ async def test_a_probe_lets_requests_through_only_when_the_whole_answer_arrives(
                 break
             await asyncio.sleep(0.01)
         assert backend.health.accepting == (models_answer == "fine")
+        # A server restarted during the outage may accept another length: the probe notes it.
+        assert backend.context_lengths == ({MODEL_NAME: 4096} if models_answer == "fine" else {})
+    finally:
+        await backend.aclose()
+        server.close()
+
+
+async def test_the_served_context_length_is_read_from_models(vllm_url):
+    backend = Backend(vllm_url)
+    try:
+        assert MODEL_NAME in await backend.list_models()
+        assert backend.context_lengths == {MODEL_NAME: 2048}  # conftest starts it so
+    finally:
+        await backend.aclose()
+
+
+async def test_a_context_length_that_is_no_number_is_ignored():
+    """/models is untrusted JSON: only a plausible whole number is taken as a limit."""
+    import json
+
+    models = [{"id": "a", "max_model_len": 4096}, {"id": "b", "max_model_len": True}, {"id": "c", "max_model_len": "8192"},
+              {"id": "d", "max_model_len": -1}, {"id": "e", "max_model_len": 10**30}, {"id": "f"}]
+    body = json.dumps({"data": models}).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    server = await _serve_models(head.encode() + body, [])
+    backend = Backend(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+    try:
+        assert await backend.list_models() == ["a", "b", "c", "d", "e", "f"]
+        assert backend.context_lengths == {"a": 4096}
     finally:
         await backend.aclose()
         server.close()

@@ -19,7 +19,7 @@ from phi_lsp.core.documents import Document, Limits
 from phi_lsp.model.managed_vllm import ManagedVllmError
 from phi_lsp.core.privacy import PrivacyFilter
 from phi_lsp.core.chat_format import CHAT, prompt_family
-from phi_lsp.model.cli_backend import chat_format, cli_backend
+from phi_lsp.model.cli_backend import chat_format, cli_backend, served_context_length
 from phi_lsp.core.symbols import SymbolIndex
 from phi_lsp.core.tokens import TokenCounter
 
@@ -65,7 +65,7 @@ async def complete_file(manager: SettingsManager, path: Path, line: int, column:
         if prompt_family(cli.completion_model, settings.completion.prompt_mode) == CHAT:
             chat = await chat_format(cli, cli.completion_model)
         model = Model(cli.backend, Batcher(cli.backend), cli.completion_model, TokenCounter.for_model(cli.model_source),
-                      chat=chat)
+                      chat=chat, context_length=await served_context_length(cli, cli.completion_model))
         service = CompletionService(
             model=lambda: model,
             settings=lambda: settings.completion,

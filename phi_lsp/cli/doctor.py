@@ -16,6 +16,7 @@ from phi_lsp.core.settings import SettingsManager, all_keys, redacted
 from phi_lsp.model.managed_vllm import choose_model, has_gpu, vllm_missing
 from phi_lsp.model.cli_backend import find_serve_model, model_configured
 from phi_lsp.model.server_probe import describe, probe_server
+from phi_lsp.review.prompts import CONTEXT_TOKENS as REVIEW_CONTEXT_TOKENS
 
 
 async def run_doctor(manager: SettingsManager, out=None) -> int:
@@ -66,7 +67,7 @@ async def run_doctor(manager: SettingsManager, out=None) -> int:
                         f"to one of: {', '.join(served) or '(none)'}."
                     )
                 else:
-                    say(f"  {task}.model {model!r}: served")
+                    say(f"  {task}.model {model!r}: served{_accepts(settings, task, backend.context_lengths.get(model))}")
             if b.kind == "vllm":
                 await _check_chat_formats(settings, backend, say, problems)
         await backend.aclose()
@@ -158,11 +159,27 @@ async def _check_endpoints(settings, say, problems: list[str]) -> None:
                     continue
                 endpoint = endpoints.for_model(model)
                 if endpoint is not None:
-                    say(f"  {task}.{key} {model!r}: {endpoint.url}")
+                    say(f"  {task}.{key} {model!r}: {endpoint.url}{_accepts(settings, task, endpoints.context_length(model))}")
                 else:
                     problems.append(f"{task}.{key} is {model!r}, which no endpoint lists.")
     finally:
         await endpoints.aclose()
+
+
+def _accepts(settings, task: str, length: int | None) -> str:
+    """What the server accepts per request for a task's model, when /models says, and whether
+    phi-lsp cuts that task's prompts to fit it."""
+    if length is None:
+        return ""
+    note = f", {length:,} tokens per request"
+    if task == "completion":
+        c = settings.completion
+        if c.context_tokens + c.max_tokens > length:
+            note += (f" (less than completion.contextTokens {c.context_tokens:,} + maxTokens {c.max_tokens:,}: "
+                     "prompts are cut to fit)")
+    elif length < REVIEW_CONTEXT_TOKENS:
+        note += f" (less than the {REVIEW_CONTEXT_TOKENS:,} review prompts may take: they are cut to fit)"
+    return note
 
 
 async def _say_what_serves(url: str, api_key: str | None, session_header: str, say, problems: list[str]) -> None:

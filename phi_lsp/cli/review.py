@@ -86,7 +86,7 @@ async def run_review(
     manager: SettingsManager, paths: list[str], fmt: str = "text", fail_on: str = "never", progress: bool = True
 ) -> int:
     from phi_lsp.model.managed_vllm import ManagedVllmError
-    from phi_lsp.model.cli_backend import chat_format, cli_backend
+    from phi_lsp.model.cli_backend import chat_format, cli_backend, served_context_length
     from phi_lsp.core.tokens import TokenCounter
 
     settings = manager.settings
@@ -121,6 +121,8 @@ async def run_review(
             if cb.note:
                 print(f"phi-lsp: {cb.note}", file=sys.stderr)
             options = ReviewOptions.from_settings(settings.review, cb.review_model, cb.backend)
+            length = await served_context_length(cb, cb.review_model)
+            options = replace(options, context_tokens=length or options.context_tokens)
             if options.mode == "chat":
                 options = replace(options, chat=await chat_format(cb, cb.review_model))
             counter = TokenCounter.for_model(cb.model_source)

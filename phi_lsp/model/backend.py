@@ -243,6 +243,9 @@ class Backend:
             transport=transport,
         )
         self._probe_task: asyncio.Task | None = None
+        # Served model -> the tokens it accepts (prompt and answer), as /models last said; empty
+        # for servers that do not say (Ollama, most gateways).
+        self.context_lengths: dict[str, int] = {}
         self.on_activity: Callable[[int], None] = lambda in_flight: None
         # (served model name, prompt tokens, completion tokens) of each answered request
         self.on_usage: Callable[[str, int, int], None] = lambda model, prompt, completion: None
@@ -359,11 +362,20 @@ class Backend:
         return data["prompt"]
 
     async def list_models(self, timeout_s: float | None = None) -> list[str]:
+        """The served model names; what each accepts in tokens (vLLM's `max_model_len`,
+        prompt and answer together) is kept in `context_lengths`."""
         data = await self._request("GET", "/models", None, timeout_s or self._connect_timeout * 2)
         try:
-            return [str(m["id"]) for m in data["data"]]
-        except (KeyError, TypeError) as exc:
+            return self._note_models(data)
+        except (KeyError, TypeError, AttributeError) as exc:
             raise BackendBadResponse(f"/models answered an unexpected shape: {exc!r}") from exc
+
+    def _note_models(self, data: Any) -> list[str]:
+        """The model names in a /models answer, keeping what each accepts in `context_lengths`
+        (raises on an answer of another shape)."""
+        entries = [(str(m["id"]), m.get("max_model_len")) for m in data["data"]]
+        self.context_lengths = {name: length for name, length in entries if _plausible_length(length)}
+        return [name for name, _ in entries]
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -535,6 +547,10 @@ class Backend:
                 log.info("backend %s answers again", self.url)
             self.health.probing_ok = True
             self.health.retry_after = 0.0
+            try:  # a server restarted during the outage may accept another length now
+                self._note_models(json.loads(content))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass  # a 4xx, or no listing: what was known stays
 
 
 async def _read_up_to(response: "httpx.Response", limit: int) -> bytes | None:
@@ -563,6 +579,11 @@ def _answers(status: int, content: bytes | None) -> bool:
     except (ValueError, UnicodeDecodeError):
         return False
     return True
+
+
+def _plausible_length(value: Any) -> bool:
+    # Untrusted JSON: a bool is an int in Python, and a tiny or absurd figure is nobody's model.
+    return type(value) is int and 256 <= value <= 10_000_000
 
 
 def _short(exc: Exception) -> str:

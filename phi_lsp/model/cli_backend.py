@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 
 from phi_lsp.core.chat_format import ChatRenderer
 from phi_lsp.core.paths import state_dir
-from phi_lsp.model.backend import Backend
+from phi_lsp.model.backend import Backend, BackendError
 from phi_lsp.model.chat_format_discovery import ChatFormats
 from phi_lsp.core.settings import SettingsManager
 from phi_lsp.model.managed_vllm import ManagedVllm, ModelChoice
@@ -50,6 +50,23 @@ async def chat_format(cb: CliBackend, model: str) -> ChatRenderer:
             backend, served = endpoint.backend, endpoint.spec.served_name(model)
     files = cb.model_source if model == cb.completion_model else None
     return await _CHAT_FORMATS.get(backend, served, files)
+
+
+async def served_context_length(cb: CliBackend, model: str) -> int | None:
+    """What the server serving `model` accepts per request in tokens, if its /models says
+    (prompts are then cut to fit); None when it does not say or does not answer (the request
+    itself then reports the real error)."""
+    backend, served = cb.backend, model
+    if cb.endpoints is not None:
+        endpoint = cb.endpoints.for_model(model)
+        if endpoint is None:
+            return None
+        backend, served = endpoint.backend, endpoint.spec.served_name(model)
+    try:
+        await backend.list_models()
+    except BackendError:
+        return None
+    return backend.context_lengths.get(served)
 
 
 def model_configured(manager: SettingsManager) -> bool:

@@ -139,6 +139,14 @@ class Endpoints:
         endpoint = self.for_model(model)
         return endpoint.spec.served_name(model) if endpoint is not None else model
 
+    def context_length(self, model: str) -> int | None:
+        """The tokens (prompt and answer) the endpoint serving `model` accepts for it, when
+        its /models says so."""
+        endpoint = self.for_model(model)
+        if endpoint is None:
+            return None
+        return endpoint.backend.context_lengths.get(endpoint.spec.served_name(model))
+
     def duplicates(self) -> dict[str, list[str]]:
         """Models listed by more than one entry -> their URLs (the first is the one used)."""
         urls: dict[str, list[str]] = {}

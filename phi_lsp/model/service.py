@@ -311,6 +311,11 @@ class ModelService:
     def served_name(self, model: str) -> str:
         return self.endpoints.served_name(model) if self.endpoints is not None else model
 
+    def context_length(self, model: str) -> int | None:
+        """What the server accepts for `model` in tokens, prompt and answer together (None
+        until its /models has said, or when it does not say)."""
+        return self.endpoints.context_length(model) if self.endpoints is not None else None
+
     def token_counter_for(self, model: str) -> TokenCounter:
         if model == self.model_for("completion"):
             return self.token_counter("completion")

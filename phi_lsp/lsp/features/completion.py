@@ -117,7 +117,7 @@ class CompletionFeature(Feature):
         if backend is None or batcher is None:
             return None
         return Model(backend, batcher, name, service.token_counter_for(name), service.served_name(name),
-                     service.chat_format(name))
+                     service.chat_format(name), service.context_length(name))
 
     async def _prepare_chat(self) -> None:
         """Find the chat format of the models that get chat prompts (once each; after that a

@@ -429,7 +429,11 @@ class ReviewFeature(Feature):
         settings = self.server.settings
         name = self.server.service.model_for("review")
         options = ReviewOptions.from_settings(settings.review, name, backend)
-        return replace(options, chat=self.server.service.chat_format(name))
+        return replace(options, chat=self.server.service.chat_format(name), context_tokens=self._context_tokens(name))
+
+    def _context_tokens(self, name: str) -> int:
+        """Tokens the server accepts for `name` per request, when it says; else the default."""
+        return self.server.service.context_length(name) or ReviewOptions.context_tokens
 
     async def _prepare_chat(self) -> None:
         """Find the chat format of the review models that get chat prompts (once each)."""
@@ -452,7 +456,8 @@ class ReviewFeature(Feature):
             service.router.unavailable("review", name)
             return None
         options = ReviewOptions.from_settings(self.server.settings.review, name, backend)
-        options = replace(options, mode=resolve_mode("auto", service.served_name(name)), chat=service.chat_format(name))
+        options = replace(options, mode=resolve_mode("auto", service.served_name(name)), chat=service.chat_format(name),
+                          context_tokens=self._context_tokens(name))
         return Escalation(backend, options, service.router, self.server.settings.routing.review_min_confidence)
 
     def _lookup(self, name: str) -> list:
