@@ -60,6 +60,7 @@ def packages() -> list[Path]:
 # -- holes (computed with this checkout's import resolution; the old code gets the same list) --
 
 def find_holes(roots: list[Path], limit: int, seed: int = 11) -> list[dict]:
+    from common import function_body_lines
     from phi_lsp.core import syntax
     from phi_lsp.core.imports import imports_of
     from phi_lsp.core.symbols import SymbolIndex
@@ -85,7 +86,7 @@ def find_holes(roots: list[Path], limit: int, seed: int = 11) -> list[dict]:
                 continue
             text = source.decode("utf-8", "replace")
             lines = text.split("\n")
-            body_lines = _function_body_lines(tree)
+            body_lines = function_body_lines(tree)
             offset = [0]
             for line in lines:
                 offset.append(offset[-1] + len(line) + 1)
@@ -105,19 +106,6 @@ def find_holes(roots: list[Path], limit: int, seed: int = 11) -> list[dict]:
                     holes.append({"path": str(path), "line": number, "names": sorted(set(names))})
     random.Random(seed).shuffle(holes)
     return holes[:limit]
-
-
-def _function_body_lines(tree) -> set[int]:
-    found: set[int] = set()
-    stack = [tree.root_node]
-    while stack:
-        node = stack.pop()
-        if node.type == "function_definition":
-            body = node.child_by_field_name("body")
-            if body is not None:
-                found.update(range(body.start_point.row, body.end_point.row + 1))
-        stack.extend(node.named_children)
-    return found
 
 
 def _without_imports(tree, text: str) -> str:
@@ -215,6 +203,7 @@ def line_in_prompt(job, index, counter, ctx_module, prompts, syntax, Snapshot, r
 
 
 def random_body_lines(roots: list[Path], count: int, seed: int = 5) -> list[dict]:
+    from common import function_body_lines
     from phi_lsp.core import syntax
 
     candidates = []
@@ -222,7 +211,7 @@ def random_body_lines(roots: list[Path], count: int, seed: int = 5) -> list[dict
         for path in sorted(root.rglob("*.py")):
             source = path.read_bytes()
             lines = source.decode("utf-8", "replace").split("\n")
-            for number in sorted(_function_body_lines(syntax.parse("python", source))):
+            for number in sorted(function_body_lines(syntax.parse("python", source))):
                 stripped = lines[number].strip() if number < len(lines) else ""
                 if len(stripped) >= 12 and not stripped.startswith(("#", '"', "'")):
                     candidates.append({"path": str(path), "line": number})

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MODEL, add_backend_flag, editor, quiet_client_logs, vllm  # noqa: E402
+from common import MODEL, add_backend_flag, editor, function_body_lines, quiet_client_logs, vllm  # noqa: E402
 from lsprotocol import types  # noqa: E402
 
 from phi_lsp.core import syntax  # noqa: E402
@@ -107,20 +107,6 @@ def sample_lines(roots: list[Path], count: int, seed: int = 7) -> list[Sample]:
             candidates.append(Sample(path, number, column, truth, names))
     rng.shuffle(candidates)
     return candidates[:count]
-
-
-def function_body_lines(tree) -> set[int]:
-    """Lines inside function bodies (after their first line)."""
-    found: set[int] = set()
-    stack = [tree.root_node]
-    while stack:
-        node = stack.pop()
-        if node.type == "function_definition":
-            body = node.child_by_field_name("body")
-            if body is not None and body.start_point.row > node.start_point.row:
-                found.update(range(body.start_point.row, body.end_point.row + 1))
-        stack.extend(node.named_children)
-    return found
 
 
 def errors(source: str) -> int:

@@ -154,6 +154,21 @@ def python_sources(limit_bytes: int = 4_000_000) -> list[Path]:
     return out
 
 
+def function_body_lines(tree) -> set[int]:
+    """Lines inside function bodies (after the `def` line: a one-line function has none), of a
+    tree-sitter tree; where the quality and context benchmarks take their samples."""
+    found: set[int] = set()
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.type == "function_definition":
+            body = node.child_by_field_name("body")
+            if body is not None and body.start_point.row > node.start_point.row:
+                found.update(range(body.start_point.row, body.end_point.row + 1))
+        stack.extend(node.named_children)
+    return found
+
+
 def quiet_client_logs() -> None:
     """pygls' client logs every notification it has no handler for; the benchmarks need none."""
     import logging
