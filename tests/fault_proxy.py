@@ -15,6 +15,8 @@ told to close its connection afterwards, so no pooled connection escapes a switc
 - half       relay the response headers and half of its body, then close
 - drip       relay the real response a few bytes at a time, slower than any deadline
 - garbage    bytes that are not HTTP at all, then close
+- slow       a busy server: model requests (POST) are relayed after SLOW_S seconds, /models at
+             once
 - echo       HTTP 401 whose error message echoes the request's Authorization header, as some
              gateways do
 - badlogprobs  the real answer, with strings and nulls put into its logprobs
@@ -44,7 +46,8 @@ FAULTS = ("refuse", "reset", "hang", "http500", "http429", "http503", "malformed
 # FAULTS, which tests/test_faults.py runs through two outages each; tests/test_hostile_inputs.py
 # uses badlogprobs and huge.
 BAD_ANSWERS = ("badlogprobs", "huge")
-MODES = ("pass", *FAULTS, "echo", *BAD_ANSWERS)
+MODES = ("pass", *FAULTS, "echo", *BAD_ANSWERS, "slow")
+SLOW_S = 3.0
 HUGE_BYTES = 100 * 1024 * 1024
 _STATUS_TEXT = {500: "Internal Server Error", 429: "Too Many Requests", 503: "Service Unavailable"}
 DRIP_BYTES = 8
@@ -217,6 +220,12 @@ class FaultProxy:
             await reader.read()  # until the client gives up and closes
             self.hangups += 1
             return False
+        if mode == "slow":
+            if not raw_head.startswith(b"GET"):
+                await asyncio.sleep(SLOW_S)
+                if reader.at_eof():
+                    return False  # the client gave up waiting: the model is spared the request
+            mode = "pass"
         # The rest talk to the real server.
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)

@@ -208,3 +208,58 @@ async def test_a_context_length_that_is_no_number_is_ignored():
     finally:
         await backend.aclose()
         server.close()
+
+
+async def _slow_server(models_hang: bool, posts: list) -> asyncio.Server:
+    """A server whose completions never come (a busy or a hung server); its /models answers at
+    once (busy) or never (hung). Each POST is counted in `posts`."""
+    listing = b'{"object": "list", "data": [{"id": "' + MODEL_NAME.encode() + b'"}]}'
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"GET") and not models_hang:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(listing)).encode() + b"\r\nConnection: close\r\n\r\n" + listing)
+                await writer.drain()
+            else:
+                if head.startswith(b"POST"):
+                    posts.append(head)
+                await reader.read()  # until the client gives up
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("server_state", ["busy", "hung"])
+async def test_a_timeout_is_an_outage_only_when_the_server_does_not_answer_either(server_state):
+    """A completion that runs out of time on a server that still answers /models (busy with a
+    review, say) is no outage: nothing is announced and the next request is sent. When /models
+    does not answer either, it is the one outage, said once."""
+    from phi_lsp.model.backend import BackendTimeout
+
+    posts: list = []
+    server = await _slow_server(server_state == "hung", posts)
+    downs: list = []
+    backend = Backend(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", connect_timeout_s=0.25,
+                      request_timeout_s=0.3, health=Health(on_down=downs.append))
+    try:
+        with pytest.raises(BackendTimeout):
+            await backend.complete(MODEL_NAME, ["x ="], GREEDY)
+        for _ in range(200):  # the check takes at most twice the connect timeout
+            if downs or backend.stats.timeouts_while_answering:
+                break
+            await asyncio.sleep(0.01)
+        if server_state == "busy":
+            assert downs == [] and backend.stats.timeouts_while_answering == 1 and backend.health.accepting
+            with pytest.raises(BackendTimeout):
+                await backend.complete(MODEL_NAME, ["y ="], GREEDY)
+            assert len(posts) == 2, "the next request was not sent"
+        else:
+            assert len(downs) == 1 and "did not answer within" in downs[0] and not backend.health.accepting
+    finally:
+        await backend.aclose()
+        server.close()

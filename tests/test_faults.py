@@ -10,6 +10,7 @@ For every fault mode, one server goes through two outages of that kind:
   review.timeoutMs + 1 s with its units failed and publishes no diagnostics;
 - after `heal()` a completion gives the model's answer again within 2 s and the status is
   "ready" again; the process is alive throughout.
+A busy server (answers late, /models at once) is no outage: nothing announced, nothing paused.
 The healthy path is the real vLLM behind the proxy (`vllm_url`).
 """
 
@@ -212,3 +213,28 @@ async def test_cancelling_a_workspace_review_stops_its_requests(fault_client: La
     assert len([r for r in proxy.recorded("/completions") if r.mode == "hang"]) == sent == 1
     stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="phi.stats"))
     assert stats["process"]["pendingMessages"] <= 1, stats["process"]
+
+
+async def test_a_busy_server_is_no_outage(fault_client: LanguageClient, proxy: FaultProxy):
+    """Completions that run out of time on a server that still answers /models (busy, not
+    down): each is answered empty within its deadline, nothing is announced, the status never
+    says "unreachable", and the first request after the rush is answered by the model without
+    waiting for a probe."""
+    client = fault_client
+    assert await completion_works(client), "the healthy path through the proxy must work first"
+    mark = len(client.statuses)
+    proxy.set_mode("slow")
+    await burst(client)
+
+    async def busy_timeouts() -> int:
+        stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="phi.stats"))
+        return stats["backend"].get("timeoutsWhileAnswering", 0)
+
+    for _ in range(50):  # the check after a timeout takes up to twice the connect timeout
+        if await busy_timeouts() or outage_messages(client):
+            break
+        await asyncio.sleep(0.1)
+    assert outage_messages(client) == [] and not state_since(client, mark, "unreachable")(), client.messages
+    assert await busy_timeouts() >= 1
+    proxy.set_mode("pass")
+    assert await completion_works(client), "the request after the rush was not sent"

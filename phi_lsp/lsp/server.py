@@ -417,6 +417,7 @@ def collect_stats(ls: PhiServer) -> dict:
             "failures": backend.stats.failures,
             "retries": backend.stats.retries,  # sent again after a dying replica's failure
             "retriesAnswered": backend.stats.retries_answered,
+            "timeoutsWhileAnswering": backend.stats.timeouts_while_answering,  # busy, not down
             "promptTokens": backend.stats.prompt_tokens,
             "completionTokens": backend.stats.completion_tokens,
             "byPath": dict(backend.stats.by_path),

@@ -205,6 +205,7 @@ class BackendStats:
     completion_tokens: int = 0
     retries: int = 0  # requests sent a second time after a failure that may pass on retry
     retries_answered: int = 0  # of those, answered the second time
+    timeouts_while_answering: int = 0  # timed out while /models answered: busy, not down
     by_path: dict[str, int] = field(default_factory=dict)
 
 
@@ -243,6 +244,7 @@ class Backend:
             transport=transport,
         )
         self._probe_task: asyncio.Task | None = None
+        self._timeout_check: asyncio.Task | None = None
         # Served model -> the tokens it accepts (prompt and answer), as /models last said; empty
         # for servers that do not say (Ollama, most gateways).
         self.context_lengths: dict[str, int] = {}
@@ -266,8 +268,9 @@ class Backend:
         return f"Backend({self.url!r}, kind={self.kind!r})"
 
     async def aclose(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
+        for task in (self._probe_task, self._timeout_check):
+            if task is not None:
+                task.cancel()
         await self._client.aclose()
 
     # -- public calls ----------------------------------------------------------------------
@@ -430,7 +433,9 @@ class Backend:
             return data
         except BackendError as exc:
             self.stats.failures += 1
-            if exc.outage:
+            if isinstance(exc, BackendTimeout) and not self.health.down:
+                self._check_after_timeout(exc)
+            elif exc.outage:
                 self._outage(exc)
             raise
         finally:
@@ -529,7 +534,33 @@ class Backend:
             for attempt in attempts:
                 attempt.cancel()
 
+    def _check_after_timeout(self, exc: BackendTimeout) -> None:
+        """A request ran out of time: the server is down, or only busy (a review batch on a
+        CPU, many editors on one GPU). A busy vLLM still answers /models at once, so only when
+        that fails too is it an outage. Announcing a busy server as unavailable, and refusing
+        every request until a probe, made a slow moment worse. One check at a time."""
+        if self._timeout_check is not None and not self._timeout_check.done():
+            return
+
+        async def check() -> None:
+            if await self._answers_now():
+                self.stats.timeouts_while_answering += 1
+                log.info("%s is slow but answers (%s)", self.url, exc.reason)
+            else:
+                self._outage(exc)
+
+        self._timeout_check = asyncio.get_running_loop().create_task(check())
+
     async def _probe_once(self) -> None:
+        if await self._answers_now() and self.health.down:
+            if not self.health.probing_ok:
+                log.info("backend %s answers again", self.url)
+            self.health.probing_ok = True
+            self.health.retry_after = 0.0
+
+    async def _answers_now(self) -> bool:
+        """Whether GET /models answers whole within twice the connect timeout (noting what the
+        models accept: a server restarted in between may accept another length now)."""
         import httpx
 
         deadline = self._connect_timeout * 2
@@ -541,16 +572,14 @@ class Backend:
                 ) as response:
                     content = await _read_up_to(response, MAX_PROBE_BYTES)
         except (httpx.HTTPError, OSError, TimeoutError):
-            return
-        if self.health.down and _answers(response.status_code, content):
-            if not self.health.probing_ok:
-                log.info("backend %s answers again", self.url)
-            self.health.probing_ok = True
-            self.health.retry_after = 0.0
-            try:  # a server restarted during the outage may accept another length now
-                self._note_models(json.loads(content))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                pass  # a 4xx, or no listing: what was known stays
+            return False
+        if not _answers(response.status_code, content):
+            return False
+        try:
+            self._note_models(json.loads(content))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # a 4xx, or no listing: what was known stays
+        return True
 
 
 async def _read_up_to(response: "httpx.Response", limit: int) -> bytes | None:

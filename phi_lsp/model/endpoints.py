@@ -178,6 +178,7 @@ class Endpoints:
                 "failures": m.backend.stats.failures,
                 "retries": m.backend.stats.retries,
                 "retriesAnswered": m.backend.stats.retries_answered,
+                "timeoutsWhileAnswering": m.backend.stats.timeouts_while_answering,
                 "promptTokens": m.backend.stats.prompt_tokens,
                 "completionTokens": m.backend.stats.completion_tokens,
             }
