@@ -573,12 +573,22 @@ class Backend:
                     content = await _read_up_to(response, MAX_PROBE_BYTES)
         except (httpx.HTTPError, OSError, TimeoutError):
             return False
-        if not _answers(response.status_code, content):
+        # The whole body must arrive: a server whose answers break off halfway (or turn to
+        # garbage) is still down, and letting requests through to it would only make the
+        # editor wait for each one to fail.
+        status = response.status_code
+        if status >= 500 or status == 429 or content is None:
+            return False
+        if status >= 300:
+            return True  # a gateway with no /models still answers
+        try:
+            data = json.loads(content)  # a 2xx must be JSON
+        except ValueError:
             return False
         try:
-            self._note_models(json.loads(content))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # a 4xx, or no listing: what was known stays
+            self._note_models(data)
+        except (KeyError, TypeError, AttributeError):
+            pass  # no listing: what was known stays
         return True
 
 
@@ -592,22 +602,6 @@ async def _read_up_to(response: "httpx.Response", limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _answers(status: int, content: bytes | None) -> bool:
-    """Whether a probe's answer shows a working server. The whole body must arrive: a server
-    whose answers break off halfway (or turn to garbage) is still down, and letting requests
-    through to it would only make the editor wait for each one to fail. A 4xx (a gateway with
-    no /models) still shows a server that answers; a 2xx must be JSON."""
-    if status >= 500 or status == 429 or content is None:
-        return False
-    if status >= 300:
-        return True
-    try:
-        json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return True
 
 
 def _plausible_length(value: Any) -> bool:

@@ -41,13 +41,17 @@ class CliBackend:
 _CHAT_FORMATS = ChatFormats(tell=lambda message: print(message, file=sys.stderr))
 
 
+def _serving(cb: CliBackend, model: str) -> tuple[Backend, str] | None:
+    """The backend serving `model` and the name it knows it by (None: no endpoint lists it)."""
+    if cb.endpoints is None:
+        return cb.backend, model
+    endpoint = cb.endpoints.for_model(model)
+    return (endpoint.backend, endpoint.spec.served_name(model)) if endpoint is not None else None
+
+
 async def chat_format(cb: CliBackend, model: str) -> ChatRenderer:
     """`model`'s chat format (its files on disk, else learned from the server serving it)."""
-    backend, served = cb.backend, model
-    if cb.endpoints is not None:
-        endpoint = cb.endpoints.for_model(model)
-        if endpoint is not None:
-            backend, served = endpoint.backend, endpoint.spec.served_name(model)
+    backend, served = _serving(cb, model) or (cb.backend, model)
     files = cb.model_source if model == cb.completion_model else None
     return await _CHAT_FORMATS.get(backend, served, files)
 
@@ -56,12 +60,10 @@ async def served_context_length(cb: CliBackend, model: str) -> int | None:
     """What the server serving `model` accepts per request in tokens, if its /models says
     (prompts are then cut to fit); None when it does not say or does not answer (the request
     itself then reports the real error)."""
-    backend, served = cb.backend, model
-    if cb.endpoints is not None:
-        endpoint = cb.endpoints.for_model(model)
-        if endpoint is None:
-            return None
-        backend, served = endpoint.backend, endpoint.spec.served_name(model)
+    serving = _serving(cb, model)
+    if serving is None:
+        return None
+    backend, served = serving
     try:
         await backend.list_models()
     except BackendError:
